@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['InputError', 'read_jsonl', 'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records',
            'read_folder_records', 'chunk_text', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus',
-           'corpus_fingerprint', 'plot_passage_lengths', 'plot_passages_per']
+           'corpus_fingerprint', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -236,3 +236,19 @@ def plot_passages_per(ds, column: str = "series", ax=None, top: int = 15):
     ax.barh([c for c, _ in counts], [n for _, n in counts], color="#55A868")
     ax.set(xlabel="passages", title=f"Passages per {column}")
     return ax
+
+# %% ../nbs/00_corpus.ipynb #c036
+def corpus_cli(argv=None):
+    "archivesrag corpus: load a JSONL/CSV file or a folder into passages and write corpus.jsonl."
+    import argparse
+    p = argparse.ArgumentParser(prog="archivesrag corpus", description=corpus_cli.__doc__)
+    p.add_argument("--input_file", help="JSONL/CSV file or folder of .txt/.md/.pdf (default: the bundled sample archive)")
+    p.add_argument("--output_file", default="corpus.jsonl", help="where to write the passages (JSONL)")
+    p.add_argument("--max_tokens", type=int, default=256, help="passage size in the embedder's tokens (0: no chunking)")
+    p.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive passages")
+    p.add_argument("--text_field", default="text", help="name of the text field in JSONL/CSV input")
+    a = p.parse_args(argv)
+    src = a.input_file or sample_path()
+    ds = load_corpus(src, max_tokens=a.max_tokens or None, overlap=a.overlap, text_field=a.text_field)
+    print(f"wrote {len(ds)} passages to {save_corpus(ds, a.output_file)}")
+    return 0

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "corpus": ("archivesrag.corpus", "corpus_cli", "load a JSONL/CSV file or a folder of .txt/.md/.pdf into corpus.jsonl"),
     "gen-query": ("archivesrag.queries", "gen_query_cli", "generate a search query per passage with an LLM (seed: gen_query.py)"),
     "mine-hn": ("archivesrag.negatives", "mine_hn_cli", "mine hard negatives with faiss (seed: mine_hn.py)"),
     "train": ("archivesrag.training", "train_cli", "fine-tune the embedder with FlagEmbedding (seed: run.py)"),
