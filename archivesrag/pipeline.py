@@ -48,13 +48,222 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\narchivesrag {name}: interrupted; run the same command again to resume", file=sys.stderr); return 130
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main', 'demo_cli']
+__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'main', 'RunState', 'demo_settings', 'run_demo', 'metric_rows', 'write_report',
+           'demo_cli', 'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+
+from .corpus import InputError, load_sample, read_jsonl, save_corpus, write_jsonl
+from .models import FULL_MODELS, is_offline, small_run
+
+DEMO_QUESTIONS = [
+    "How should an archive respond when a fixity check finds a checksum mismatch?",
+    "What should a contract with a cloud provider say about getting our records back?",
+]
+"Two questions the demo answers with RAG at the end."
+
+# %% ../nbs/07_pipeline.ipynb #c009
+class RunState:
+    "Which steps of a run folder finished, with their outputs, timings and peak memory: `state.json`."
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
+
+    def done(self, step: str) -> bool: return step in self.data["steps"]
+
+    def record(self, step: str, seconds: float, peak_mb: float, **info):
+        self.data["steps"][step] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb), **info}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written state
+
+def _peak_rss_mb() -> float:
+    "Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if os.uname().sysname != "Darwin" else peak / 2**20
+
+# %% ../nbs/07_pipeline.ipynb #c010
+def demo_settings(full: bool = False) -> dict:
+    "Models and sizes for the demo: the offline default on a CPU, or the seed's full recipe on a GPU (`full=True`)."
+    if full:
+        return dict(llm_backend="openai", llm_model=FULL_MODELS["query_llm"], rag_backend="vllm",
+                    rag_model=FULL_MODELS["rag_llm"], miner=FULL_MODELS["miner"], base=FULL_MODELS["base_embedder"],
+                    learning_rate=1e-5, num_train_epochs=5, per_device_train_batch_size=32, fp16=True,
+                    passage_max_len=256, temperature=0.02)
+    return dict(llm_backend="local", llm_model=None, rag_backend="local", rag_model=None, miner="minilm",
+                base="minilm", learning_rate=3e-5, num_train_epochs=3, per_device_train_batch_size=32, fp16=False,
+                passage_max_len=256, temperature=0.02)
+
+# %% ../nbs/07_pipeline.ipynb #c011
+def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 42, test_size: float = 0.2,
+             num_train_epochs: float | None = None, max_docs: int | None = None, questions=None,
+             base_url: str | None = None, verbose: bool = True) -> dict:
+    "Run the whole course on the sample archive into `run_dir`; finished steps are skipped on a rerun."
+    from archivesrag import evaluation, negatives, queries, rag, search, training
+    from archivesrag.llm import get_llm
+    run = Path(run_dir); run.mkdir(parents=True, exist_ok=True)
+    (run / "plots").mkdir(exist_ok=True)
+    cfg = demo_settings(full)
+    if num_train_epochs: cfg["num_train_epochs"] = num_train_epochs
+    state = RunState(run)
+    say = print if verbose else (lambda *a, **k: None)
+
+    def step(name, fn):
+        if state.done(name): say(f"[{name}] done earlier: skipped"); return state.data["steps"][name]
+        say(f"\n[{name}]")
+        t0 = time.perf_counter()
+        info = fn() or {}
+        state.record(name, time.perf_counter() - t0, _peak_rss_mb(), **info)
+        return state.data["steps"][name]
+
+    files = {k: run / v for k, v in dict(corpus="corpus.jsonl", queries="queries.jsonl", failures="failures.jsonl",
+             split="split.json", train_queries="train_queries.jsonl", mined="minedHN.jsonl", model="model",
+             eval="eval", index="index", answers="answers.jsonl", report="report.md").items()}
+
+    def do_corpus():
+        ds = load_sample(verbose=verbose)
+        if max_docs:  # a smaller archive for quick runs: whole documents, so the split stays by document
+            keep = set(sorted(set(ds["doc_id"]))[:max_docs])
+            ds = ds.filter(lambda r: r["doc_id"] in keep)
+        save_corpus(ds, files["corpus"])
+        return {"passages": len(ds), "documents": len(set(ds["doc_id"]))}
+
+    def do_queries():
+        llm = get_llm(cfg["llm_backend"], model=cfg["llm_model"], base_url=base_url)
+        summary = queries.generate_queries(files["corpus"], files["queries"], llm=llm, failures_file=files["failures"])
+        return {"summary": summary}
+
+    def do_split():
+        split = evaluation.split_by_document(read_jsonl(files["corpus"]), test_size=test_size, seed=seed)
+        evaluation.save_split(split, files["split"])
+        train_q = evaluation.select_queries(read_jsonl(files["queries"]), split["train_ids"])
+        write_jsonl(train_q, files["train_queries"])
+        return {"train_passages": len(split["train_ids"]), "test_passages": len(split["test_ids"]),
+                "train_queries": len(train_q)}
+
+    def do_mine():
+        return {"summary": negatives.mine_hard_negatives(
+            files["train_queries"], files["mined"], model_name_or_path=cfg["miner"], range_for_sampling="2-200",
+            negative_number=15, candidate_pool=files["corpus"], seed=seed)}
+
+    def do_train():
+        resume = "last" if any(files["model"].glob("checkpoint-*")) else None
+        training.train(files["mined"], files["model"], model_name_or_path=cfg["base"],
+                       learning_rate=cfg["learning_rate"], num_train_epochs=cfg["num_train_epochs"],
+                       per_device_train_batch_size=cfg["per_device_train_batch_size"], temperature=cfg["temperature"],
+                       query_max_len=64, passage_max_len=cfg["passage_max_len"], train_group_size=2,
+                       fp16=cfg["fp16"], logging_steps=1, save_steps=1000, seed=seed,
+                       resume_from_checkpoint=resume)
+        _loss_plot(run)
+        return {}
+
+    def do_eval():
+        results = evaluation.evaluate(model_name_or_path=files["model"], base_model=cfg["base"],
+                                      queries_file=files["queries"], split_file=files["split"],
+                                      corpus_file=files["corpus"], output_dir=files["eval"], seed=seed,
+                                      verbose=verbose)
+        return {"systems": results["systems"]}
+
+    def do_index():
+        search.SearchIndex.build(files["corpus"], model_name_or_path=str(files["model"])).save(files["index"])
+        return {}
+
+    def do_answers():
+        index = search.SearchIndex.load(files["index"])
+        llm = get_llm(cfg["rag_backend"], model=cfg["rag_model"], base_url=base_url)
+        answers = [rag.answer(q, index, llm=llm, k=3) for q in (questions or DEMO_QUESTIONS)]
+        write_jsonl([{"question": q, **a} for q, a in zip(questions or DEMO_QUESTIONS, answers)], files["answers"])
+        return {"answered": len(answers)}
+
+    for name, fn in [("corpus", do_corpus), ("queries", do_queries), ("split", do_split), ("mine", do_mine),
+                     ("train", do_train), ("evaluate", do_eval), ("index", do_index), ("answers", do_answers)]:
+        step(name, fn)
+    report = write_report(run)
+    say(f"\nreport: {report}")
+    return state.data
+
+# %% ../nbs/07_pipeline.ipynb #c013
+def _md_table(header: list[str], rows: list[list]) -> str:
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
+
+def metric_rows(metrics: dict, names=("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100")):
+    "Rows `[system, metric values…]` from a metrics.json `systems` block."
+    return [[system] + [vals.get(m, float("nan")) for m in names] for system, vals in metrics.items()]
+
+def write_report(run_dir: str | Path) -> Path:
+    "Write `report.md` for a run folder from its state, metrics, plots and answers."
+    run = Path(run_dir)
+    state = json.loads((run / "state.json").read_text())["steps"]
+    parts = [f"# ArchivesRAG run: `{run.name}`", ""]
+    metrics_file = run / "eval" / "metrics.json"
+    if metrics_file.exists():
+        m = json.loads(metrics_file.read_text())
+        parts += [f"## Retrieval on held-out queries", "",
+                  f"{m.get('n_queries', '?')} synthetic queries on passages of documents never seen in training "
+                  f"(split by document, seed {m.get('split', {}).get('seed', '?')}).", "",
+                  _md_table(["system", "nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"], metric_rows(m["systems"])), ""]
+    plots = sorted((run / "plots").glob("*.png")) + sorted((run / "eval" / "plots").glob("*.png"))
+    if plots: parts += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in plots] + [""]
+    rows = [[name, s["seconds"], s["peak_rss_mb"]] for name, s in state.items()]
+    parts += ["## Steps", "", _md_table(["step", "seconds", "peak RSS (MB)"], rows), ""]
+    q = state.get("queries", {}).get("summary")
+    if q: parts += ["Query generation: " + ", ".join(f"{k} {v}" for k, v in q.items() if not isinstance(v, dict)), ""]
+    answers = run / "answers.jsonl"
+    if answers.exists():
+        parts += ["## Answers", ""]
+        for a in read_jsonl(answers):
+            parts += [f"**{a['question']}**", "", a.get("answer", "").strip(), "",
+                      "Passages: " + ", ".join(f"`{p}`" for p in a.get("passages", [])), ""]
+    out = run / "report.md"
+    out.write_text("\n".join(parts))
+    return out
+
+# %% ../nbs/07_pipeline.ipynb #c014
+def _loss_plot(run: Path):
+    "Save the training loss curve of the run's model into plots/."
+    import matplotlib.pyplot as plt
+    from archivesrag.training import plot_loss
+    ax = plot_loss(run / "model")
+    ax.figure.tight_layout(); ax.figure.savefig(run / "plots" / "training_loss.png", dpi=110); plt.close(ax.figure)
+
+# %% ../nbs/07_pipeline.ipynb #c015
 def demo_cli(argv=None):
-    "archivesrag demo: run the whole course offline."
+    "archivesrag demo: run the whole course offline on the sample archive."
     import argparse
-    p = argparse.ArgumentParser(prog="archivesrag demo", description="Run the whole course offline on the sample archive.")
-    p.parse_args(argv)
-    print("The demo is not available yet.")
+    p = argparse.ArgumentParser(prog="archivesrag demo", description="Run every step of the course on the sample "
+        "archive into a run folder: queries, split, hard negatives, fine-tuning, evaluation, index, two answers.")
+    p.add_argument("--run_dir", default="runs/demo", help="where the run's files go (default: runs/demo)")
+    p.add_argument("--full", action="store_true", help="the seed's full recipe (GPT-4o, bge-base, mxbai-large, "
+                   "Llama 3 on vLLM): needs a GPU, internet and OPENAI_API_KEY")
+    p.add_argument("--base_url", help="an OpenAI-compatible server for the query writer (with --full)")
+    p.add_argument("--num_train_epochs", type=float, help="training epochs (default 3 offline, 5 full)")
+    p.add_argument("--max_docs", type=int, help="use only the first N documents of the archive (quick runs)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--restart", action="store_true", help="delete the run folder first instead of resuming it")
+    a = p.parse_args(argv)
+    if a.restart and Path(a.run_dir).exists(): shutil.rmtree(a.run_dir)
+    t0 = time.perf_counter()
+    state = run_demo(a.run_dir, full=a.full, seed=a.seed, num_train_epochs=a.num_train_epochs, max_docs=a.max_docs,
+                     base_url=a.base_url)
+    print_summary(a.run_dir)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s this time; everything is in {a.run_dir}/ (report: {a.run_dir}/report.md)")
     return 0
+
+def print_summary(run_dir):
+    "The final terminal summary: metrics and step timings of a run."
+    run = Path(run_dir)
+    m = run / "eval" / "metrics.json"
+    if m.exists():
+        systems = json.loads(m.read_text())["systems"]
+        print("\n" + f"{'system':<24}" + "".join(f"{h:>10}" for h in ("nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100")))
+        for row in metric_rows(systems): print(f"{row[0]:<24}" + "".join(f"{v:>10.3f}" for v in row[1:]))
+    steps = json.loads((run / "state.json").read_text())["steps"]
+    print("\n" + "  ".join(f"{k} {v['seconds']:.0f}s" for k, v in steps.items()))
