@@ -68,14 +68,15 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for r in records: f.write(json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False) + "\n")
+        for r in records:  # default=str: dates and other scalars that datasets/Arrow produce become text
+            f.write(json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False, default=str) + "\n")
     os.replace(tmp, path)
     return path
 
 # %% ../nbs/00_corpus.ipynb #c014
 def append_jsonl(record: dict, f) -> None:
     "Append one record to the open file `f` and push it to disk, so a crash right after loses nothing."
-    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     f.flush()
     os.fsync(f.fileno())
 

@@ -154,14 +154,17 @@ def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 
 
     def do_train():
         resume = "last" if any(files["model"].glob("checkpoint-*")) else None
+        n_examples = len(read_jsonl(files["mined"]))
+        # with drop_last, a batch larger than the data would train zero steps: shrink it for tiny runs
+        batch_size = min(cfg["per_device_train_batch_size"], n_examples)
         training.train(files["mined"], files["model"], model_name_or_path=cfg["base"],
                        learning_rate=cfg["learning_rate"], num_train_epochs=cfg["num_train_epochs"],
-                       per_device_train_batch_size=cfg["per_device_train_batch_size"], temperature=cfg["temperature"],
+                       per_device_train_batch_size=batch_size, temperature=cfg["temperature"],
                        query_max_len=64, passage_max_len=cfg["passage_max_len"], train_group_size=2,
                        fp16=cfg["fp16"], logging_steps=1, save_steps=1000, seed=seed,
                        resume_from_checkpoint=resume)
         _loss_plot(run)
-        return {}
+        return {"examples": n_examples, "batch_size": batch_size}
 
     def do_eval():
         results = evaluation.evaluate(model_name_or_path=files["model"], base_model=cfg["base"],
@@ -212,10 +215,11 @@ def write_report(run_dir: str | Path) -> Path:
                   _md_table(["system", "nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"], metric_rows(m["systems"])), ""]
     plots = sorted((run / "plots").glob("*.png")) + sorted((run / "eval" / "plots").glob("*.png"))
     if plots: parts += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in plots] + [""]
-    rows = [[name, s["seconds"], s["peak_rss_mb"]] for name, s in state.items()]
+    rows = [[name, f"{s['seconds']:.1f}", s["peak_rss_mb"]] for name, s in state.items()]
     parts += ["## Steps", "", _md_table(["step", "seconds", "peak RSS (MB)"], rows), ""]
     q = state.get("queries", {}).get("summary")
-    if q: parts += ["Query generation: " + ", ".join(f"{k} {v}" for k, v in q.items() if not isinstance(v, dict)), ""]
+    if q: parts += ["Query generation: " + ", ".join(f"{k} {q[k]}" for k in ("passages", "done", "skipped", "failed", "filtered")
+                                             if k in q) + f" ({q.get('llm', '')})", ""]
     answers = run / "answers.jsonl"
     if answers.exists():
         parts += ["## Answers", ""]

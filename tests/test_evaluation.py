@@ -1,0 +1,257 @@
+"""Evaluation (nbs/04_evaluation): split, Glasgow/CISI loader, BM25, dense, fusion, metrics, `archivesrag evaluate`.
+
+Real parts only: the bundled MiniLM, bm25s, faiss, ranx, the CISI files in ../shared/datasets/cisi (tests that need
+them skip when the folder is absent; set ARCHIVESRAG_CISI to point elsewhere)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from archivesrag.corpus import InputError, load_sample
+from archivesrag.evaluation import (BM25, METRICS, bm25_run, bm25_search, build_bm25, dense_run, evaluate, evaluate_cli,
+                                    evaluate_runs, evaluate_systems, find_cisi, fuse_runs, load_glasgow, load_split,
+                                    queries_from_records, read_glasgow_qrels, read_glasgow_records, save_split,
+                                    select_queries, split_by_document, subsample_collection, tuning_half)
+from archivesrag.models import bundled_embedder_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_sample(verbose=False)
+
+
+@pytest.fixture(scope="module")
+def cisi():
+    folder = find_cisi()
+    if folder is None:
+        pytest.skip("CISI not found: put CISI.ALL/QRY/REL in ../shared/datasets/cisi or set ARCHIVESRAG_CISI")
+    return load_glasgow(folder)
+
+
+@pytest.fixture(scope="module")
+def sample_eval(corpus):
+    "Held-out sample-archive queries (bundled synthetic queries, else titles) with their qrels."
+    from archivesrag.evaluation import _sample_queries
+    records = _sample_queries()
+    have = {r["id"] for r in records}  # passages without a bundled query get their title as the query
+    records += [{"id": i, "query": t} for i, t in zip(corpus["id"], corpus["title"]) if i not in have]
+    split = split_by_document(corpus, seed=42)
+    queries, qrels, report = queries_from_records(select_queries(records, split["test_ids"]), corpus)
+    assert report["queries"] == len(queries) == len(split["test_ids"])
+    return split, queries, qrels
+
+
+# ---- split ---------------------------------------------------------------------------------------------------------
+
+def test_split_keeps_each_document_on_one_side(corpus):
+    split = split_by_document(corpus, test_size=0.2, seed=7)
+    doc_of = dict(zip(corpus["id"], corpus["doc_id"]))
+    train_docs = {doc_of[i] for i in split["train_ids"]}
+    test_docs = {doc_of[i] for i in split["test_ids"]}
+    assert train_docs.isdisjoint(test_docs)
+    assert sorted(split["train_ids"] + split["test_ids"]) == sorted(corpus["id"])
+    assert (split["seed"], split["by"], split["test_size"]) == (7, "doc_id", 0.2)
+    assert (split["n_train_docs"], split["n_test_docs"]) == (len(train_docs), len(test_docs))
+    assert split == split_by_document(list(corpus), test_size=0.2, seed=7)  # a Dataset or a list of dicts
+    assert split["test_ids"] != split_by_document(corpus, test_size=0.2, seed=8)["test_ids"]
+    three = split_by_document(corpus, test_size=0.2, val_size=0.1, seed=7)
+    val_docs = {doc_of[i] for i in three["val_ids"]}
+    assert val_docs and val_docs.isdisjoint(train_docs := {doc_of[i] for i in three["train_ids"]})
+    assert val_docs.isdisjoint({doc_of[i] for i in three["test_ids"]})
+
+
+def test_split_file_round_trip_and_errors(corpus, tmp_path):
+    split = split_by_document(corpus)
+    assert load_split(save_split(split, tmp_path / "split.json")) == split
+    (tmp_path / "overlap.json").write_text(json.dumps({"train_ids": ["a", "b"], "test_ids": ["b"]}))
+    with pytest.raises(InputError, match="overlap.json: 1 passage id.*on two sides"):
+        load_split(tmp_path / "overlap.json")
+    (tmp_path / "broken.json").write_text('{"train_ids": [\n"a",\n')
+    with pytest.raises(InputError, match=r"broken.json:\d+: malformed JSON"):
+        load_split(tmp_path / "broken.json")
+    with pytest.raises(InputError, match="test_size"):
+        split_by_document(corpus, test_size=1.5)
+    assert select_queries([{"id": "x#0", "query": "a"}, {"id": "y#0", "query": "b"}], ["y#0"]) == [{"id": "y#0", "query": "b"}]
+
+
+# ---- Glasgow format / CISI ----------------------------------------------------------------------------------------
+
+def test_cisi_counts(cisi):
+    corpus, queries, qrels = cisi
+    assert len(corpus) == 1460
+    assert len(queries) == 112
+    assert len(qrels) == 76
+    assert sum(len(d) for d in qrels.values()) == 3114
+    first = corpus[0]
+    assert first["title"] == "18 Editions of the Dewey Decimal Classifications"
+    assert first["author"] == "Comaromi, J.P." and first["text"].startswith("The present study is a history of the DEWEY")
+    assert queries["1"].startswith("What problems and concerns are there in making up descriptive titles?")
+
+
+def test_glasgow_malformed_input_names_file_and_line(tmp_path):
+    (tmp_path / "X.ALL").write_text(".I 1\n.T\nTitle one\n.W\nText one.\n.I 1\n.W\nAgain.\n")
+    with pytest.raises(InputError, match=r"X.ALL:6: duplicate record id 1 \(first on line 1\)"):
+        read_glasgow_records(tmp_path / "X.ALL")
+    (tmp_path / "Y.ALL").write_text("junk before\n.I 1\n.W\ntext\n")
+    with pytest.raises(InputError, match=r"Y.ALL:1: text before the first '.I'"):
+        read_glasgow_records(tmp_path / "Y.ALL")
+    (tmp_path / "Z.REL").write_text("     1     28\t0\t0.000000\n oops\n")
+    with pytest.raises(InputError, match=r"Z.REL:2: expected 'query-id doc-id"):
+        read_glasgow_qrels(tmp_path / "Z.REL")
+    # Latin-1 bytes are read, not rejected; TREC-style qrels are understood too
+    (tmp_path / "L.ALL").write_bytes(".I 1\n.T\nArchives nationales du Qu\xe9bec\n.W\nFonds.\n".encode("latin-1"))
+    assert read_glasgow_records(tmp_path / "L.ALL")[0]["T"] == ["Archives nationales du Qu\u00e9bec"]
+    (tmp_path / "T.REL").write_text("1 0 13 1\n1 0 14 0\n")
+    assert read_glasgow_qrels(tmp_path / "T.REL") == {"1": {"13": 1}}
+    with pytest.raises(InputError, match="no such folder"):
+        load_glasgow(tmp_path / "missing")
+    with pytest.raises(InputError, match="no CISI.ALL"):
+        load_glasgow(tmp_path)
+
+
+def test_cisi_bm25_ndcg(cisi):
+    corpus, queries, qrels = cisi
+    texts = [f"{t}\n{x}" for t, x in zip(corpus["title"], corpus["text"])]
+    ids = list(corpus["id"])
+    # the configuration the issue measured: bm25s, English stopwords, no stemmer -> 0.349
+    plain = evaluate_runs(qrels, {"bm25": bm25_run(build_bm25(texts, stemmer=None), queries, ids, k=100)})
+    assert 0.33 <= plain["systems"]["bm25"]["ndcg@10"] <= 0.37
+    assert set(plain["systems"]["bm25"]) == set(METRICS)
+    assert len(plain["per_query"]) == 76
+    # our default adds the Snowball stemmer (applied to queries too): better, ~0.386
+    stemmed = evaluate_runs(qrels, {"bm25": bm25_run(build_bm25(texts), queries, ids, k=100)})
+    assert plain["systems"]["bm25"]["ndcg@10"] < stemmed["systems"]["bm25"]["ndcg@10"] <= 0.41
+
+
+def test_minilm_and_hybrid_on_cisi(cisi):
+    corpus, queries, qrels = subsample_collection(*cisi, n_queries=6, n_distractors=100)  # the notebook's small slice
+    res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "MiniLM": str(bundled_embedder_path())},
+                           tune_qids=tuning_half(qrels))
+    rows = res["systems"]
+    assert set(rows) == {"BM25", "MiniLM", "MiniLM+BM25", "MiniLM+BM25 RRF"}
+    for name, vals in rows.items():
+        assert set(vals) == set(METRICS) and all(0.0 <= v <= 1.0 for v in vals.values()), name
+    assert rows["MiniLM"]["recall@100"] > 0.2  # MiniLM finds a good share of what people judged relevant
+    assert res["n_queries"] + res["n_tune_queries"] == 6 and res["n_tune_queries"] == 3
+    w = res["fusion"]["MiniLM+BM25"]["weights"]
+    assert abs(w["MiniLM"] + w["BM25"] - 1) < 1e-6 and "tuned on 3 validation queries" in res["fusion"]["MiniLM+BM25"]["chosen"]
+    assert set(res["per_query"]) == set(qrels) - set(tuning_half(qrels))  # only the reported half
+
+
+# ---- BM25, dense, fusion on the sample archive ---------------------------------------------------------------------
+
+def test_bm25_save_load_keeps_the_stemmer(corpus, tmp_path):
+    texts = list(corpus["text"])
+    bm25 = build_bm25(texts)
+    assert isinstance(bm25, BM25)
+    idx, scores = bm25_search(bm25, ["retention of personnel records", "PA/AR/2017-012"], k=5)
+    assert idx.shape == scores.shape == (2, 5) and scores[0, 0] >= scores[0, 1] > 0
+    assert "PA/AR/2017-012" in texts[int(idx[1, 0])]
+    bm25.save(tmp_path / "bm25")
+    again = BM25.load(tmp_path / "bm25")
+    assert (again.stopwords, again.stemmer_language) == ("en", "english")
+    idx2, scores2 = bm25_search(again, ["retention of personnel records", "PA/AR/2017-012"], k=5)
+    assert (idx2 == idx).all()
+    assert bm25_search(bm25, ["the of and"], k=3)[1].max() == 0  # only stopwords: nothing matches, no crash
+    assert bm25_search(bm25, ["records"], k=10_000)[0].shape == (1, len(texts))  # k capped at the corpus size
+
+
+def test_hybrid_differs_from_both_singles(corpus, sample_eval):
+    split, queries, qrels = sample_eval
+    ids, texts = list(corpus["id"]), list(corpus["text"])
+    lex = bm25_run(build_bm25(texts), queries, ids, k=20)
+    dense = dense_run(str(bundled_embedder_path()), texts, ids, queries, k=20)
+    for method in ("wsum", "rrf"):
+        fused = fuse_runs([dense, lex], method=method, weights=[0.5, 0.5] if method == "wsum" else None)
+        top = lambda run: [tuple(sorted(run[q], key=run[q].get, reverse=True)[:10]) for q in sorted(queries)]
+        assert top(fused) != top(dense) and top(fused) != top(lex), method
+    res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "MiniLM": str(bundled_embedder_path())},
+                           text_fields=("text",), fusion_weight=0.5)
+    pq = res["per_query"]
+    for single in ("BM25", "MiniLM"):
+        assert any(v["MiniLM+BM25"] != v[single] for v in pq.values()), single
+    assert res["fusion"]["MiniLM+BM25"]["weights"] == {"MiniLM": 0.5, "BM25": 0.5}
+
+
+def test_reference_code_query_hybrid_first(corpus):
+    ids, texts = list(corpus["id"]), list(corpus["text"])
+    code = "PA/AR/2017-012"
+    target = next(i for i, t in zip(ids, texts) if code in t)
+    queries = {"code": code}
+    lex = bm25_run(build_bm25(texts), queries, ids, k=10)
+    dense = dense_run(str(bundled_embedder_path()), texts, ids, queries, k=10)
+    fused = fuse_runs([dense, lex], "wsum", weights=[0.5, 0.5])["code"]
+    assert max(fused, key=fused.get) == target
+
+
+def test_fuse_runs_shapes_and_errors():
+    a = {"q1": {"d1": 0.9, "d2": 0.8, "d5": 0.1}, "q2": {"d3": 0.7}}
+    b = {"q1": {"d2": 12.0, "d4": 3.0}}  # q2: BM25 found nothing
+    fused = fuse_runs([a, b], "wsum", weights=[0.5, 0.5])
+    assert set(fused) == {"q1", "q2"} and max(fused["q1"], key=fused["q1"].get) == "d2"
+    rrf = fuse_runs([a, b], "rrf")
+    assert abs(rrf["q1"]["d2"] - (1 / 62 + 1 / 61)) < 1e-9
+    with pytest.raises(InputError, match="at least two"):
+        fuse_runs([a], "wsum")
+    with pytest.raises(InputError, match="unknown fusion method"):
+        fuse_runs([a, b], "max")
+
+
+# ---- evaluate / CLI -------------------------------------------------------------------------------------------------
+
+def test_evaluate_with_finetuned_model_writes_metrics_plots_and_card(corpus, tmp_path):
+    # The files of a pipeline run, on a 40-passage slice of the sample archive (encoding stays quick):
+    # corpus.jsonl, queries.jsonl, split.json, and a "fine-tuned" model folder = the bundled MiniLM's files
+    # (linked) plus a model card, as `archivesrag train` leaves it.
+    from archivesrag.corpus import save_corpus, write_jsonl
+    from archivesrag.evaluation import _sample_queries
+    part = corpus.select(range(40))
+    save_corpus(part, tmp_path / "corpus.jsonl")
+    records = _sample_queries() or [{"id": i, "query": t} for i, t in zip(corpus["id"], corpus["title"])]
+    write_jsonl(select_queries(records, part["id"]), tmp_path / "queries.jsonl")
+    split_file = save_split(split_by_document(part, test_size=0.3, seed=42), tmp_path / "split.json")
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in bundled_embedder_path().iterdir():
+        (model / f.name).symlink_to(f)
+    (model / "README.md").write_text("# model\n\nFine-tuned from all-MiniLM-L6-v2.\n")
+    out = tmp_path / "eval"
+    res = evaluate(model_name_or_path=str(model), corpus_file=tmp_path / "corpus.jsonl", queries_file=tmp_path / "queries.jsonl",
+                   split_file=split_file, output_dir=out, verbose=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["systems"]) == {"BM25", "base", "fine-tuned", "base+BM25", "base+BM25 RRF",
+                                     "fine-tuned+BM25", "fine-tuned+BM25 RRF"}
+    assert saved["split"]["n_test_docs"] > 0 and saved["n_queries"] >= 2 and saved["n_tune_queries"] >= 2
+    assert "validation queries" in saved["fusion"]["fine-tuned+BM25"]["chosen"]
+    # the same weights in both folders: the "fine-tuned" copy scores like the base model, query by query
+    assert all(abs(v["fine-tuned"] - v["base"]) < 1e-3 for v in saved["per_query"].values())
+    names = {Path(p).name for p in res["plots"]}
+    assert {"metrics_corpus.png", "wins_corpus.png", "best_corpus.png"} <= names
+    assert all((out / "plots" / n).stat().st_size > 1000 for n in names)
+    card = (model / "README.md").read_text()
+    assert "Fine-tuned from all-MiniLM-L6-v2." in card and "Evaluation" in card and "ndcg@10" in card
+
+
+def test_cli_on_cisi_prints_the_table(cisi, capsys, tmp_path):
+    rc = evaluate_cli(["--collection", f"cisi:{find_cisi()}", "--retrieval", "bm25", "--output_dir", str(tmp_path),
+                       "--no_plots"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "CISI" in out and "ndcg@10" in out and "map@100" in out and "BM25" in out
+    saved = json.loads((tmp_path / "metrics_cisi.json").read_text())
+    assert saved["n_queries"] == 76 and 0.37 < saved["systems"]["BM25"]["ndcg@10"] < 0.41
+
+
+def test_cli_bad_split_is_one_line_exit_2(tmp_path):
+    (tmp_path / "split.json").write_text(json.dumps({"train_ids": ["ARC-0001#0"], "test_ids": ["ARC-0001#0"]}))
+    cli = Path(sys.executable).parent / "archivesrag"  # the console script `pip install` made
+    p = subprocess.run([str(cli), "evaluate", "--split_file", str(tmp_path / "split.json"),
+                        "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "ARCHIVESRAG_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "on two sides" in p.stderr and "split.json" in p.stderr
