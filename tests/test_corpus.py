@@ -1,19 +1,12 @@
 """Corpus loading: the bundled sample, every kind of bad input, and the `archivesrag corpus` command."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from archivesrag.corpus import InputError, load_corpus, load_sample, read_jsonl
 
 
-ARCHIVESRAG = str(Path(sys.executable).parent / "archivesrag")  # the installed console script
-
-
-def run_cli(*args):
-    return subprocess.run([ARCHIVESRAG, *args], capture_output=True, text=True)
+from helpers import run_cli
 
 
 def test_sample_archive_has_passages_with_context():

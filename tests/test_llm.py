@@ -1,6 +1,5 @@
 """archivesrag.llm: the local backend in-process, the openai backend through the real client against llama.cpp's server."""
 import json
-import os
 import socket
 
 import pytest

@@ -1,5 +1,4 @@
 """Model resolution: offline defaults, substitution of Hub names, the bundled files."""
-from pathlib import Path
 
 from archivesrag.models import (FULL_MODELS, bundled_embedder_path, bundled_gguf_path, get_device, load_embedder,
                                 resolve_embedder)

@@ -3,15 +3,13 @@
 Real parts only: the bundled MiniLM, faiss, bm25s, files on disk, the installed CLI."""
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from archivesrag.corpus import InputError, load_corpus, read_jsonl, sample_path, write_jsonl
 from archivesrag.search import SearchIndex, compare_index_types, search
+from helpers import run_cli as _cli
 
 CODE = "PA/RS/2019-044"  # a retention-schedule reference code that occurs in one passage of the sample archive
 CODE_RE = re.compile(r"\b[A-Z]{2,4}[/-][A-Z]{2,3}[/-]\d{4}-\d{2,3}\b")
@@ -19,9 +17,6 @@ QUERIES = ["How long are building permit files kept?", "fixity check failure aft
            "cloud storage contract for records outside the country"]
 
 
-def _cli(*args, cwd=None):
-    code = "import sys; from archivesrag.pipeline import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")
