@@ -43,7 +43,9 @@ def stage_queries(a):
     out = Path(a.out)
     before = sum(1 for _ in open(out / "queries.jsonl")) if (out / "queries.jsonl").exists() else 0
     t0 = time.perf_counter()
-    summary = generate_queries(out / "corpus.jsonl", out / "queries.jsonl", llm=get_llm("local"),
+    from archivesrag.corpus import load_corpus
+    docs = load_corpus(out / "corpus.jsonl", max_tokens=None, verbose=False)  # whole documents: CISI is judged per document
+    summary = generate_queries(docs, out / "queries.jsonl", llm=get_llm("local"),
                                failures_file=out / "failures.jsonl", limit=a.limit)
     dt = time.perf_counter() - t0
     new = sum(1 for _ in open(out / "queries.jsonl")) - before
