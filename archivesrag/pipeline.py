@@ -54,7 +54,6 @@ __all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'main', 'RunState', 'demo_settings', 'r
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
 import os
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -85,6 +84,7 @@ class RunState:
 
 def _peak_rss_mb() -> float:
     "Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."
+    import resource  # POSIX only: imported here so `archivesrag --help` works everywhere
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if os.uname().sysname != "Darwin" else peak / 2**20
 
