@@ -15,8 +15,8 @@ from .corpus import InputError
 from .models import FULL_MODELS
 
 # %% auto #0
-__all__ = ['SYSTEM_MESSAGE', 'RULES', 'DEFAULT_MIN_SCORE', 'NO_ANSWER', 'format_prompt', 'passage_ids', 'build_messages',
-           'get_rag_llm', 'answer', 'ask_cli']
+__all__ = ['SYSTEM_MESSAGE', 'RULES', 'DEFAULT_MIN_SCORE', 'NO_ANSWER', 'SMALL_MODEL_SYSTEM_MESSAGE', 'format_prompt',
+           'format_plain_prompt', 'passage_ids', 'build_messages', 'get_rag_llm', 'answer', 'ask_cli']
 
 # %% ../nbs/06_rag.ipynb #c008
 SYSTEM_MESSAGE = """You are a helpful assistant for answering questions. Your primary focus is to assist in studies relating to Interpares Itrust AI.
@@ -89,19 +89,52 @@ def format_prompt(question: str, retrieved_documents, k: int = 3, token_budget: 
         blocks.append(block)
     return head + "\n".join(blocks) + ("\n" if blocks else "") + tail
 
+SMALL_MODEL_SYSTEM_MESSAGE = ("Answer the question from the passages in one or two sentences. "
+                              "Cite the passage id in square brackets.")
+"The system turn for small local models (SmolLM2-135M), which copy a long prompt's markup instead of answering."
+
+def format_plain_prompt(question: str, retrieved_documents, k: int = 3, token_budget: int | None = None,
+                        count_tokens=None) -> str:
+    "The user turn for small models: `Passages:`, one line `Passage [id] title: text` each, then the question."
+    if not question or not question.strip(): raise InputError("the question is empty")
+    records = _as_records(retrieved_documents)[:k]
+    head, tail = "Passages:\n", f"\nQuestion: {question.strip()}"
+    count = count_tokens or (lambda s: max(1, len(s) // 4))
+    left = None if token_budget is None else token_budget - count(head + tail) - 2
+    if left is not None and left < 0:
+        raise InputError(f"the question ({count(head + tail)} tokens) does not fit the token budget ({token_budget})")
+    lines = []
+    for rec in records:
+        # one line per passage: a line of passage text can never pose as another passage's header
+        label = f"Passage [{rec.get('id', '?')}] {rec.get('title') or ''}".rstrip() + ": "
+        text = " ".join(str(rec["text"]).split())
+        if left is not None:
+            need = count(label + text) + 1
+            if need > left:
+                cut = _cut_to_tokens(text, left - count(label) - 2, count) if left > count(label) + 8 else ""
+                if cut: lines.append(label + cut)
+                break
+            left -= need
+        lines.append(label + text)
+    return head + "\n".join(lines) + "\n" + tail
+
 def passage_ids(prompt: str) -> list[str]:
-    "The ids of the passages inside a formatted prompt, in order."
+    "The ids of the passages inside a formatted prompt (tagged or plain), in order."
+    if prompt.startswith("Passages:\n"): return re.findall(r"^Passage \[([^\]\n]*)\]", prompt, flags=re.M)
     return [html.unescape(m) for m in re.findall(r'<passage id="([^"]*)"', prompt)]
 
 # %% ../nbs/06_rag.ipynb #c017
 def build_messages(question: str, retrieved_documents, k: int = 3, llm=None, max_tokens: int = 256,
-                   system_message: str = SYSTEM_MESSAGE, token_budget: int | None = None) -> list[dict]:
+                   system_message: str | None = None, token_budget: int | None = None, plain: bool | None = None) -> list[dict]:
     "Chat messages for `question`: the system message, then the user turn with the delimited, token-budgeted context."
+    if plain is None: plain = str(getattr(llm, "name", "")).startswith("local:")  # the small in-process model
+    system_message = system_message or (SMALL_MODEL_SYSTEM_MESSAGE if plain else SYSTEM_MESSAGE)
     count = llm.count_tokens if llm is not None else None
     if token_budget is None and llm is not None:
         token_budget = llm.context_window - max_tokens - llm.count_tokens(system_message) - 16  # 16: chat-template tokens
-    return [{"role": "system", "content": system_message},
-            {"role": "user", "content": format_prompt(question, retrieved_documents, k, token_budget, count)}]
+    user = (format_plain_prompt(question, retrieved_documents, k, token_budget, count) if plain
+            else format_prompt(question, retrieved_documents, k, token_budget, count))
+    return [{"role": "system", "content": system_message}, {"role": "user", "content": user}]
 
 # %% ../nbs/06_rag.ipynb #c020
 def get_rag_llm(backend: str | None = None, model: str | None = None, base_url: str | None = None, **kwargs):
@@ -112,7 +145,7 @@ def get_rag_llm(backend: str | None = None, model: str | None = None, base_url: 
 
 def answer(question: str, index, llm=None, k: int = 3, retrieval: str | None = None,
            min_score: float = DEFAULT_MIN_SCORE, max_tokens: int = 256, temperature: float = 0.0, seed: int | None = 0,
-           system_message: str = SYSTEM_MESSAGE) -> dict:
+           system_message: str | None = None) -> dict:
     "Retrieve the top-`k` passages for `question` from `index` (a `SearchIndex`) and answer from them with `llm`."
     if not question or not question.strip(): raise InputError("the question is empty")
     results = index.search(question, k=k, retrieval=retrieval)

@@ -243,16 +243,18 @@ class SearchIndex:
         # both rankings are computed whatever `retrieval` is (cheap), so every result shows both ranks
         dense = self._dense(qvecs, depth)
         lex = self._lexical(queries, depth) if self.bm25 is not None else None
+        dense = dense if dense is not None else [[] for _ in queries]
+        lex = lex if lex is not None else [[] for _ in queries]
+        fused = self._fuse(dense, lex, fusion, weights) if retrieval == "hybrid" else None
         out = []
         for qi in range(len(queries)):
-            d = dense[qi] if dense is not None else []
-            b = lex[qi] if lex is not None else []
+            d, b = dense[qi], lex[qi]
             d_rank = {r: n for n, (r, _) in enumerate(d, 1)}
             b_rank = {r: n for n, (r, _) in enumerate(b, 1)}
             b_score = dict(b)
             if retrieval == "dense": ranked = d[:k]
             elif retrieval == "bm25": ranked = b[:k]
-            else: ranked = self._fuse(d, b, fusion, weights)[:k]
+            else: ranked = fused[qi][:k]
             res = []
             for n, (row, score) in enumerate(ranked, 1):
                 rec = dict(self.dataset[row])
@@ -264,16 +266,18 @@ class SearchIndex:
         return out[0] if single else out
 
     def _fuse(self, dense, lex, method, weights):
+        "Each query's dense and BM25 rankings fused by ranx; all queries in one call, as ranx's cost is mostly per call."
         from archivesrag.evaluation import fuse_runs
-        run_d = {"q": {str(r): s for r, s in dense}}
-        run_b = {"q": {str(r): s for r, s in lex}}
-        if not run_b["q"]: return dense
-        if not run_d["q"]: return lex
+        out = [list(d) if d else list(b) for d, b in zip(dense, lex)]  # one ranking empty: the other is the fusion
+        both = [i for i, (d, b) in enumerate(zip(dense, lex)) if d and b]
+        if not both: return out
+        run_d = {str(i): {str(r): s for r, s in dense[i]} for i in both}
+        run_b = {str(i): {str(r): s for r, s in lex[i]} for i in both}
         weights = list(weights or self.manifest.get("fusion_weights") or FUSION_WEIGHTS)
         fused = fuse_runs([run_d, run_b], method=method, weights=weights if method == "wsum" else None)
-        if hasattr(fused, "to_dict"): fused = fused.to_dict()
-        q = fused["q"]
-        return sorted(((int(r), float(s)) for r, s in q.items()), key=lambda t: (-t[1], t[0]))
+        for i in both:
+            out[i] = sorted(((int(r), float(s)) for r, s in fused[str(i)].items()), key=lambda t: (-t[1], t[0]))
+        return out
 
     def search_examples(self, query: str, k: int = 3, retrieval: str = "dense"):
         "The seed's return shape: `(scores, retrieved_examples)`, the examples as a dict of columns."
