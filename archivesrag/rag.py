@@ -65,6 +65,23 @@ def _cut_to_tokens(text: str, budget: int, count_tokens) -> str:
         else: hi = mid - 1
     return " ".join(words[:lo]) + " …" if lo else ""
 
+def _fit_blocks(records, left: int | None, count, render, body) -> list[str]:
+    "`render(rec, body(rec))` per record while they fit `left` tokens (None: no limit); the first that overflows is cut."
+    blocks = []
+    for rec in records:
+        text = body(rec)
+        block = render(rec, text)
+        if left is not None:
+            need = count(block) + 1
+            if need > left:
+                overhead = count(render(rec, "")) + 2
+                cut = _cut_to_tokens(text, left - overhead, count) if left > overhead + 8 else ""
+                if cut: blocks.append(render(rec, cut))
+                break
+            left -= need
+        blocks.append(block)
+    return blocks
+
 def format_prompt(question: str, retrieved_documents, k: int = 3, token_budget: int | None = None,
                   count_tokens=None, rules: str = RULES) -> str:
     "The user turn: the question, the top-`k` passages inside <context> delimiters (within `token_budget`), the rules."
@@ -75,18 +92,7 @@ def format_prompt(question: str, retrieved_documents, k: int = 3, token_budget: 
     left = None if token_budget is None else token_budget - count(head + tail) - 2
     if left is not None and left < 0:
         raise InputError(f"the question and the rules ({count(head + tail)} tokens) do not fit the token budget ({token_budget})")
-    blocks = []
-    for rec in records:
-        block = _passage(rec)
-        if left is not None:
-            need = count(block) + 1
-            if need > left:
-                overhead = count(_passage(rec, "")) + 2
-                cut = _cut_to_tokens(_escape(rec["text"]), left - overhead, count) if left > overhead + 8 else ""
-                if cut: blocks.append(_passage(rec, cut))
-                break
-            left -= need
-        blocks.append(block)
+    blocks = _fit_blocks(records, left, count, _passage, lambda rec: _escape(rec["text"]))
     return head + "\n".join(blocks) + ("\n" if blocks else "") + tail
 
 SMALL_MODEL_SYSTEM_MESSAGE = ("Answer the question from the passages in one or two sentences. "
@@ -103,19 +109,9 @@ def format_plain_prompt(question: str, retrieved_documents, k: int = 3, token_bu
     left = None if token_budget is None else token_budget - count(head + tail) - 2
     if left is not None and left < 0:
         raise InputError(f"the question ({count(head + tail)} tokens) does not fit the token budget ({token_budget})")
-    lines = []
-    for rec in records:
-        # one line per passage: a line of passage text can never pose as another passage's header
-        label = f"Passage [{rec.get('id', '?')}] {rec.get('title') or ''}".rstrip() + ": "
-        text = " ".join(str(rec["text"]).split())
-        if left is not None:
-            need = count(label + text) + 1
-            if need > left:
-                cut = _cut_to_tokens(text, left - count(label) - 2, count) if left > count(label) + 8 else ""
-                if cut: lines.append(label + cut)
-                break
-            left -= need
-        lines.append(label + text)
+    # one line per passage: a line of passage text can never pose as another passage's header
+    line = lambda rec, text: f"Passage [{rec.get('id', '?')}] {rec.get('title') or ''}".rstrip() + ": " + text
+    lines = _fit_blocks(records, left, count, line, lambda rec: " ".join(str(rec["text"]).split()))
     return head + "\n".join(lines) + "\n" + tail
 
 def passage_ids(prompt: str) -> list[str]:
