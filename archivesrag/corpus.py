@@ -19,9 +19,9 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['InputError', 'read_jsonl', 'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records',
+__all__ = ['JSONL_SUFFIXES', 'InputError', 'read_jsonl', 'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records',
            'read_folder_records', 'chunk_text', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus',
-           'corpus_fingerprint', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
+           'corpus_fingerprint', 'load_passages', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -214,6 +214,46 @@ def corpus_fingerprint(texts: Iterable[str]) -> str:
     h = hashlib.sha256()
     for t in texts: h.update(t.encode("utf-8")); h.update(b"\x00")
     return h.hexdigest()[:16]
+
+# %% ../nbs/00_corpus.ipynb #c027b
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+
+def _one_type(values: list):
+    "A column's values with one Arrow type: unchanged if they already agree, else strings (lists and dicts as JSON)."
+    kinds = {type(v) for v in values if v is not None}
+    if len(kinds) <= 1 and not kinds & {list, dict}: return values
+    return [v if v is None or isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+            for v in values]
+
+def _passages_from_records(recs: list[dict], path: Path):
+    from datasets import Dataset
+    seen = {}
+    for r in recs:
+        pid = str(r["id"])
+        if pid in seen: raise InputError(f"{path}:{r.get('_line', '?')}: duplicate passage id '{pid}' (first at line {seen[pid]})")
+        seen[pid] = r.get("_line", "?")
+    keys = [k for k in dict.fromkeys(k for r in recs for k in r) if k not in ("_line", "embeddings")]
+    cols = {k: _one_type([r.get(k) for r in recs]) for k in keys}
+    cols["id"] = [str(r["id"]) for r in recs]
+    cols["doc_id"] = [str(r.get("doc_id") or r["id"]) for r in recs]
+    cols.setdefault("title", [""] * len(recs))
+    return Dataset.from_dict(cols)
+
+def load_passages(source=None, limit: int | None = None):
+    "The one passage loader: a `Dataset`, a corpus JSONL (`id` + `text`), any archive `load_corpus` reads, or None (the sample)."
+    from datasets import Dataset
+    if source is None: ds = load_sample(verbose=False)
+    elif isinstance(source, Dataset): ds = source
+    else:
+        path = Path(source)
+        if not path.exists(): raise InputError(f"{path}: no such file or folder")
+        recs = read_jsonl(path) if path.is_file() and path.suffix.lower() in JSONL_SUFFIXES else None
+        if recs and all("id" in r and isinstance(r.get("text"), str) for r in recs): ds = _passages_from_records(recs, path)
+        else: ds = load_corpus(path, verbose=False)  # documents, not passages: normalise and chunk them
+    for col in ("id", "text"):
+        if col not in ds.column_names: raise InputError(f"corpus has no '{col}' column (columns: {', '.join(ds.column_names)})")
+    if "embeddings" in ds.column_names: ds = ds.remove_columns("embeddings")
+    return ds.select(range(min(limit, len(ds)))) if limit else ds
 
 # %% ../nbs/00_corpus.ipynb #c031
 def plot_passage_lengths(ds, tokenizer=None, ax=None, max_tokens: int | None = None):

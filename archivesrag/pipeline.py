@@ -8,6 +8,7 @@ Docs: https://archivesrag.github.io/archivesrag/pipeline.html.md"""
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 COMMANDS = {
@@ -28,6 +29,13 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
+def parse_flags(func, argv: list[str], prog: str) -> dict:
+    "Parse `argv` into `func`'s keyword arguments. The flags come from its signature and docments (fastcore's `anno_parser`)."
+    from fastcore.script import anno_parser
+    args = vars(anno_parser(func, prog=prog).parse_args(argv))
+    for internal in ("pdb", "xtra"): args.pop(internal, None)  # fastcore's own debugging flags
+    return args
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `archivesrag` command."
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -41,15 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     module, func, _ = COMMANDS[name]
     from archivesrag.corpus import InputError
     try:
-        return getattr(importlib.import_module(module), func)(rest) or 0
+        cli = getattr(importlib.import_module(module), func)
+        if list(inspect.signature(cli).parameters) == ["argv"]: return cli(rest) or 0  # a CLI not yet derived
+        return cli(**parse_flags(cli, rest, prog=f"archivesrag {name}")) or 0
     except InputError as e:
         print(f"archivesrag {name}: error: {e}", file=sys.stderr); return 2
+    except OSError as e:  # unreadable input, unwritable output: the OS's own words, with the path
+        print(f"archivesrag {name}: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr); return 2
     except KeyboardInterrupt:
         print(f"\narchivesrag {name}: interrupted; run the same command again to resume", file=sys.stderr); return 130
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'main', 'RunState', 'demo_settings', 'run_demo', 'metric_rows', 'write_report',
-           'demo_cli', 'print_summary']
+__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'parse_flags', 'main', 'RunState', 'demo_settings', 'run_demo', 'metric_rows',
+           'write_report', 'demo_cli', 'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
