@@ -1,0 +1,201 @@
+"""Levers for fine-tuning on CISI, measured on the validation half of its judged queries only.
+
+    python bench/cisi_levers.py --pairs title --kd 1 [--epochs 1] [--name title_kd]
+
+Training pairs come from the documents alone (no LLM, no judgement): `title` (a document's title → its body) and
+`ict` (inverse cloze: one sentence → the rest of its abstract). Hard negatives are mined with the base model;
+a teacher — the base model fused with BM25 — scores every (query, passage) pair, and `--kd 1` trains on those
+scores with FlagEmbedding's own knowledge distillation (KL to the teacher's softmax, plus the usual InfoNCE).
+Each run prints nDCG@10 and Recall@100 on the 38 validation queries (`bench/cisi_query_split.json`) and appends
+all figures, test half included, to `bench/results/cisi/levers.jsonl`. Choose levers on validation only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "results" / "cisi"
+
+
+def load(cisi: str):
+    from archivesrag.evaluation import load_glasgow
+    corpus, queries, qrels = load_glasgow(cisi)
+    split = json.loads((REPO / "bench" / "cisi_query_split.json").read_text())
+    return corpus, queries, qrels, split
+
+
+def served_text(title: str, text: str) -> str: return f"{title}\n{text}" if title else text
+
+
+def encode(model_path: str, texts: list[str], cache: Path | None = None) -> np.ndarray:
+    if cache is not None and cache.exists(): return np.load(cache)
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(model_path, device="cpu")
+    emb = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+    if cache is not None: cache.parent.mkdir(parents=True, exist_ok=True); np.save(cache, emb)
+    return emb
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
+    return (x - lo) / np.where(hi > lo, hi - lo, 1)
+
+
+class Teacher:
+    "Base MiniLM fused with BM25 (min-max per query over the whole corpus, equal weights): scores any (query, doc)."
+    def __init__(self, base_path: str, docs: list[str], base_emb: np.ndarray):
+        from archivesrag.evaluation import build_bm25
+        self.model_path, self.emb, self.bm25 = base_path, base_emb, build_bm25(docs)
+        self.n = len(docs)
+
+    def scores(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        "(dense cosine [nq, n], fused teacher score in [0, 1] [nq, n])."
+        from archivesrag.evaluation import bm25_search
+        qemb = encode(self.model_path, queries)
+        dense = qemb @ self.emb.T
+        idx, sc = bm25_search(self.bm25, queries, self.n)
+        lex = np.zeros_like(dense)
+        np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
+        return dense, 0.5 * minmax(dense) + 0.5 * minmax(lex)
+
+
+def make_pairs(kind: str, corpus, seed: int) -> list[tuple[str, int, str]]:
+    "(query, document row, positive text) pairs from the documents alone."
+    rng = random.Random(seed)
+    pairs = []
+    for i, (title, text) in enumerate(zip(corpus["title"], corpus["text"])):
+        if kind in ("title", "both") and title.strip() and text.strip():
+            pairs.append((title, i, text))  # body only: the title must not be in its own positive
+        if kind in ("ict", "both"):
+            sents = [s for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 6]
+            if len(sents) >= 3:
+                s = rng.choice(sents)
+                rest = " ".join(x for x in re.split(r"(?<=[.!?])\s+", text) if x != s)
+                pairs.append((s, i, served_text(title, rest)))
+    return pairs
+
+
+def mine(pairs, teacher: Teacher, docs: list[str], bodies: list[str], kind_of, a) -> list[dict]:
+    "Negatives from the teacher's ranks a.lo..a.hi; teacher scores for pos and negs, scaled by 1/a.kd_temp."
+    lo, hi = a.range
+    dense, fused = teacher.scores([q for q, _, _ in pairs])
+    rng = random.Random(a.seed)
+    recs = []
+    for n, (q, row, pos) in enumerate(pairs):
+        order = np.argsort(-fused[n])
+        cands = [int(j) for j in order[lo - 1:hi] if int(j) != row]
+        if a.drop_above_pos:  # false-negative control: the teacher prefers them to the positive
+            cands = [j for j in cands if fused[n, j] < fused[n, row]]
+        negs = rng.sample(cands, min(a.negatives, len(cands)))
+        if not negs: continue
+        neg_texts = [bodies[j] if kind_of(pos) == "body" else docs[j] for j in negs]
+        recs.append({"query": q, "pos": [pos], "neg": neg_texts,
+                     "pos_scores": [float(fused[n, row]) / a.kd_temp],
+                     "neg_scores": [float(fused[n, j]) / a.kd_temp for j in negs]})
+    return recs
+
+
+def train(recs: list[dict], out: Path, a) -> Path:
+    from archivesrag.models import resolve_embedder
+    from archivesrag.training import _argv_from, _run_in_process, write_sentence_transformers_files
+    base = resolve_embedder("minilm")
+    data = out / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    model = out / "model"
+    if model.exists(): shutil.rmtree(model)
+    opts = dict(model_name_or_path=base, train_data=[str(data)], output_dir=str(model), learning_rate=a.lr,
+                num_train_epochs=a.epochs, per_device_train_batch_size=32, dataloader_drop_last=True,
+                normalize_embeddings=True, temperature=0.05, query_max_len=64, passage_max_len=128,
+                train_group_size=a.group, logging_steps=10, save_steps=100000, query_instruction_for_retrieval="",
+                sentence_pooling_method="mean", report_to="none", seed=a.seed,
+                knowledge_distillation=bool(a.kd))
+    t0 = time.perf_counter()
+    metrics = _run_in_process(_argv_from(opts))
+    print(f"trained {len(recs)} examples in {time.perf_counter() - t0:.0f} s ({metrics.get('train_samples_per_second')} samples/s)")
+    write_sentence_transformers_files(model, base, "mean", True, 128, "")
+    return model
+
+
+def scores_for(model_path: str, corpus, queries: dict, qids: list[str], cache: Path | None = None) -> np.ndarray:
+    docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
+    emb = encode(model_path, docs, cache)
+    return encode(model_path, [queries[q] for q in qids]) @ emb.T
+
+
+def evaluate(dense: np.ndarray, lex: np.ndarray, qids, qrels, doc_ids, weights=(1.0, 0.5, 0.0)) -> dict:
+    "nDCG@10 and R@100 (ranx) of dense, BM25, and min-max fusions at each dense weight in `weights`."
+    from ranx import Qrels, Run, evaluate as rx
+    qr = Qrels({q: {d: 1 for d in qrels[q]} for q in qids})
+    out = {}
+    for w in weights:
+        s = w * minmax(dense) + (1 - w) * minmax(lex) if w < 1 else dense
+        top = np.argsort(-s, axis=1)[:, :100]
+        run = Run({q: {doc_ids[j]: float(s[n, j]) for j in top[n]} for n, q in enumerate(qids)})
+        out[f"w={w}"] = {k: round(float(v), 4) for k, v in rx(qr, run, ["ndcg@10", "recall@100"]).items()}
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cisi", default=str(REPO.parent / "shared" / "datasets" / "cisi"))
+    p.add_argument("--pairs", default="none", choices=["none", "title", "ict", "both"])
+    p.add_argument("--kd", type=int, default=0)
+    p.add_argument("--kd_temp", type=float, default=0.05, help="teacher scores in [0,1] are divided by this")
+    p.add_argument("--drop_above_pos", type=int, default=0)
+    p.add_argument("--range", default="10-100")
+    p.add_argument("--negatives", type=int, default=7)
+    p.add_argument("--group", type=int, default=2)
+    p.add_argument("--epochs", type=float, default=1)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--name", default=None)
+    a = p.parse_args()
+    a.range = tuple(int(x) for x in a.range.split("-"))
+    corpus, queries, qrels, split = load(a.cisi)
+    doc_ids = list(corpus["id"])
+    docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
+    from archivesrag.evaluation import build_bm25, bm25_search
+    from archivesrag.models import resolve_embedder
+    base = resolve_embedder("minilm")
+    OUT.mkdir(parents=True, exist_ok=True)
+    base_emb = encode(base, docs, OUT / "cache" / "base_docs.npy")
+    model_path, info = base, {}
+    if a.pairs != "none":
+        name = a.name or f"{a.pairs}_kd{a.kd}"
+        work = OUT / "levers" / name
+        work.mkdir(parents=True, exist_ok=True)
+        teacher = Teacher(base, docs, base_emb)
+        pairs = make_pairs(a.pairs, corpus, a.seed)
+        bodies = list(corpus["text"])
+        body_set = set(bodies)
+        recs = mine(pairs, teacher, docs, bodies, lambda pos: "body" if pos in body_set else "doc", a)
+        info["examples"] = len(recs)
+        model_path = str(train(recs, work, a))
+    bm25 = build_bm25(docs)
+    res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info}
+    for half in ("validation", "test"):
+        qids = split[half]
+        cache = OUT / "cache" / "base_docs.npy" if a.pairs == "none" else Path(model_path) / "docs.npy"
+        dense = scores_for(model_path, corpus, queries, qids, cache)
+        idx, sc = bm25_search(bm25, [queries[q] for q in qids], len(docs))
+        lex = np.zeros_like(dense)
+        np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
+        res[half] = evaluate(dense, lex, qids, qrels, doc_ids, weights=(1.0, 0.7, 0.5, 0.3, 0.0))
+    with open(OUT / "levers.jsonl", "a") as fh: fh.write(json.dumps(res) + "\n")
+    print(json.dumps({"lever": res["args"], "validation": res["validation"]}, indent=None))
+
+
+if __name__ == "__main__":
+    main()
