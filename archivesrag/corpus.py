@@ -22,10 +22,10 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_jsonl', 'check_output_path', 'write_atomic', 'write_jsonl',
-           'append_jsonl', 'normalize_records', 'read_csv_records', 'read_folder_records', 'chunk_text', 'load_corpus',
-           'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages', 'plot_passage_lengths',
-           'plot_passages_per', 'corpus_cli']
+__all__ = ['FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl', 'check_output_path', 'write_atomic',
+           'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records', 'read_folder_records', 'chunk_text',
+           'load_corpus', 'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages',
+           'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -49,6 +49,10 @@ def _open_text(path: Path) -> list[str]:
             raise InputError(f"{path}:{i}: not UTF-8 text (byte {line[e.start:e.start+1]!r} at column {e.start+1}); "
                              "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
     return out
+
+def read_text(path: str | Path) -> str:
+    "The whole of a UTF-8 text file (a prompt, a note), or an `InputError` naming the file and the first bad line."
+    return "\n".join(_open_text(path)).strip()
 
 # %% ../nbs/00_corpus.ipynb #c012
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a UTF-16 pair
@@ -309,6 +313,7 @@ def _passages_from_records(recs: list[dict], path: Path):
     seen, ids = {}, []
     for r in recs:
         where = f"{path}:{r.get('_line', '?')}"
+        if "id" not in r or not isinstance(r.get("text"), str): raise InputError(f"{where}: a passage needs an 'id' and a 'text' string")
         pid = _id_str(r["id"], where)
         if pid in seen: raise InputError(f"{where}: duplicate passage id '{pid}' (first at line {seen[pid]})")
         seen[pid] = r.get("_line", "?"); ids.append(pid)
@@ -320,11 +325,13 @@ def _passages_from_records(recs: list[dict], path: Path):
     return Dataset.from_dict(cols)
 
 def load_passages(source=None, limit: int | None = None):
-    "The one passage loader: a `Dataset`, a corpus JSONL (`id` + `text`), any archive `load_corpus` reads, or None (the sample)."
+    "The one passage loader: a `Dataset`, a list of dicts, a corpus JSONL (`id` + `text`), any archive `load_corpus` reads, or None (the sample)."
     from datasets import Dataset
     if limit is not None and limit < 1: raise InputError(f"--limit must be at least 1 (got {limit}); leave it out for all passages")
     if source is None: ds = load_sample(verbose=False)
     elif isinstance(source, Dataset): ds = source
+    elif isinstance(source, (list, tuple)):  # passages already in memory: their position stands in for a line number
+        ds = _passages_from_records([{**r, "_line": n} for n, r in enumerate(source, 1)], Path("passages"))
     else:
         path = Path(source)
         if not path.exists(): raise InputError(f"{path}: no such file or folder")
