@@ -12,6 +12,9 @@ import hashlib
 import io
 import json
 import os
+import re
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -19,9 +22,10 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['JSONL_SUFFIXES', 'InputError', 'read_jsonl', 'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records',
-           'read_folder_records', 'chunk_text', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus',
-           'corpus_fingerprint', 'load_passages', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
+__all__ = ['FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl', 'check_output_path', 'write_atomic',
+           'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records', 'read_folder_records', 'chunk_text',
+           'load_corpus', 'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages',
+           'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -33,7 +37,8 @@ def _open_text(path: Path) -> list[str]:
     path = Path(path)
     if not path.exists(): raise InputError(f"{path}: no such file")
     if path.is_dir(): raise InputError(f"{path}: is a folder, expected a file")
-    raw = path.read_bytes()
+    try: raw = path.read_bytes()
+    except OSError as e: raise InputError(f"{path}: cannot read the file ({e.strerror}); check its permissions") from None
     if not raw.strip(): raise InputError(f"{path}: the file is empty")
     if raw.startswith(b"\xef\xbb\xbf"): raw = raw[3:]  # Excel and PowerShell write a UTF-8 BOM; it is harmless
     lines = raw.split(b"\n")
@@ -45,16 +50,40 @@ def _open_text(path: Path) -> list[str]:
                              "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
     return out
 
+def read_text(path: str | Path) -> str:
+    "The whole of a UTF-8 text file (a prompt, a note), or an `InputError` naming the file and the first bad line."
+    return "\n".join(_open_text(path)).strip()
+
 # %% ../nbs/00_corpus.ipynb #c012
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a UTF-16 pair
+
+def _no_lone_surrogate(text: str, where: str) -> None:
+    "Raise an `InputError` if `text` holds a lone surrogate: not a character, and no tokenizer or file encoder takes it."
+    try: text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{where}: a lone surrogate ({text[e.start]!r}, half of a UTF-16 pair) is not text; "
+                         "remove it or fix the program that exported the file") from None
+
+def _parse_line(line: str, where: str):
+    "One JSON value from one line, or an `InputError` at `where` (file:line) saying what is wrong."
+    if "\x00" in line: raise InputError(f"{where}: NUL byte at column {line.index(chr(0)) + 1}; the file is binary or damaged")
+    try: rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        msg = e.msg.removesuffix(" at")  # json's "Invalid control character at" already ends in "at"
+        raise InputError(f"{where}: malformed JSON ({msg} at column {e.colno})") from None
+    except RecursionError:  # json recurses once per level: 200,000 nested brackets exhaust the stack
+        raise InputError(f"{where}: JSON nested too deeply (more than {sys.getrecursionlimit()} levels); "
+                         "a record is one flat object") from None
+    if _SURROGATE_ESCAPE.search(line): _no_lone_surrogate(json.dumps(rec, ensure_ascii=False), where)
+    return rec
+
 def read_jsonl(path: str | Path) -> list[dict]:
     "Read a JSON Lines file into a list of dicts; each record gets `_line`, its line number, for later messages."
     path = Path(path)
     records = []
     for i, line in enumerate(_open_text(path), 1):
         if not line.strip(): continue
-        try: rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+        rec = _parse_line(line, f"{path}:{i}")
         if not isinstance(rec, dict): raise InputError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
         rec["_line"] = i
         records.append(rec)
@@ -62,16 +91,47 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 # %% ../nbs/00_corpus.ipynb #c013
-def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    "Write `records` to `path` as JSON Lines, atomically: a crash leaves the old file or the new one, never half."
+def check_output_path(path: str | Path) -> Path:
+    "`path` as a `Path` if a file can be written there (its folder is created), else an `InputError` saying why."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:  # default=str: dates and other scalars that datasets/Arrow produce become text
-            f.write(json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    if path.is_dir(): raise InputError(f"{path}: is a folder; give a file name, e.g. {path / 'out.jsonl'}")
+    parent = path.parent
+    for p in (parent, *parent.parents):  # the nearest existing ancestor must be a folder
+        if p.exists():
+            if not p.is_dir(): raise InputError(f"{path}: cannot write there, {p} is a file, not a folder")
+            break
+    try: parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise InputError(f"{path}: cannot create the folder {parent} ({e.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: no permission to write in the folder {parent}; choose another --output_file")
     return path
+
+def write_atomic(path: str | Path, data: str | bytes | Iterable[str]) -> Path:
+    "Write `data` (text, bytes, or an iterable of text pieces) to `path` atomically: the old file or the new, never half."
+    path = check_output_path(path)
+    try: fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e: raise InputError(f"{path}: cannot write in the folder {path.parent} ({e.strerror})") from None
+    try:
+        with open(fd, "wb") as f:
+            if isinstance(data, (str, bytes)): data = [data]
+            for piece in data: f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
+            f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file is what the user expects
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError): raise InputError(f"{path}: cannot write the file ({e.strerror})") from None
+        raise
+    return path
+
+def _umask() -> int:
+    mask = os.umask(0); os.umask(mask); return mask
+
+def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
+    "Write `records` to `path` as JSON Lines, atomically (see `write_atomic`)."
+    # default=str: dates and other scalars that datasets/Arrow produce become text
+    return write_atomic(path, (json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False,
+                                          default=str) + "\n" for r in records))
 
 # %% ../nbs/00_corpus.ipynb #c014
 def append_jsonl(record: dict, f) -> None:
@@ -86,6 +146,12 @@ def _as_meta(v):
     if v is None or isinstance(v, str): return v
     return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
 
+def _id_str(v, where: str) -> str:
+    "An id as text. Only strings and numbers: `[\"x\"]` would print as `['x']` and collide with that string."
+    if isinstance(v, (list, dict, bool)):
+        raise InputError(f"{where}: an id must be a string or a number, got {type(v).__name__} {json.dumps(v)[:40]}")
+    return str(v)
+
 def normalize_records(records: list[dict], source: str | Path, text_field: str = "text",
                       id_field: str | None = None) -> tuple[list[dict], dict]:
     "Turn raw records into documents `{doc_id, title, text, **metadata}`; returns `(documents, report)`."
@@ -97,9 +163,10 @@ def normalize_records(records: list[dict], source: str | Path, text_field: str =
         if text_field not in r: raise InputError(f"{where}: record has no '{text_field}' field (fields: {', '.join(k for k in r if k != '_line')})")
         text = r[text_field]
         if not isinstance(text, str): raise InputError(f"{where}: '{text_field}' must be a string, got {type(text).__name__}")
+        _no_lone_surrogate(text, where)
         if not text.strip(): report["skipped_empty_text"] += 1; continue
         key = id_field or next((k for k in ("doc_id", "id", "docid", "_id") if k in r), None)
-        doc_id = str(r[key]) if key and r.get(key) not in (None, "") else f"{source.stem}-{line}"
+        doc_id = _id_str(r[key], where) if key and r.get(key) not in (None, "") else f"{source.stem}-{line}"
         if doc_id in seen: raise InputError(f"{where}: duplicate id '{doc_id}' (first seen on line {seen[doc_id]})")
         seen[doc_id] = line
         title = r.get("title")
@@ -114,12 +181,13 @@ def read_csv_records(path: str | Path) -> list[dict]:
     "Rows of a CSV file as dicts, with `_line` (the header is line 1)."
     path = Path(path)
     text = "\n".join(_open_text(path))
-    rows = []
+    rows, reader = [], csv.DictReader(io.StringIO(text))
     try:
-        for i, row in enumerate(csv.DictReader(io.StringIO(text)), 2):
+        for row in reader:
+            i = reader.line_num
             if None in row: raise InputError(f"{path}:{i}: more fields than the header has")
             rows.append({**row, "_line": i})
-    except csv.Error as e: raise InputError(f"{path}: malformed CSV ({e})") from None
+    except csv.Error as e: raise InputError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     if not rows: raise InputError(f"{path}: the file has no records")
     return rows
 
@@ -128,18 +196,33 @@ def _read_pdf(path: Path) -> str:
     reader = PdfReader(str(path))
     return "\n".join((page.extract_text() or "") for page in reader.pages)
 
+FOLDER_SUFFIXES = {".txt", ".md", ".pdf"}
+
+def _read_one_file(p: Path) -> str:
+    "The text of a .txt/.md/.pdf file, or an `InputError` saying why it cannot be used."
+    if p.suffix.lower() != ".pdf": return "\n".join(_open_text(p))
+    try: text = _read_pdf(p)
+    except Exception as e:  # pypdf raises many types on damaged files; all mean "cannot read this one"
+        raise InputError(f"{p}: unreadable PDF ({type(e).__name__}: {e})") from None
+    _no_lone_surrogate(text, str(p))  # a damaged ToUnicode map can yield half of a UTF-16 pair
+    return text
+
 def read_folder_records(folder: str | Path) -> tuple[list[dict], dict]:
-    "One record per `.txt`, `.md` or `.pdf` file under `folder`; unreadable files are skipped and reported."
+    "One record per `.txt`, `.md` or `.pdf` file under `folder`; unreadable and other files are skipped and counted."
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".txt", ".md", ".pdf"} and p.is_file())
+    every = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = [p for p in every if p.suffix.lower() in FOLDER_SUFFIXES]
     if not files: raise InputError(f"{folder}: no .txt, .md or .pdf files in this folder")
     records, report = [], Counter()
+    if others := [p for p in every if p.suffix.lower() not in FOLDER_SUFFIXES]:
+        kinds = Counter(p.suffix.lower() or "(no suffix)" for p in others)
+        print(f"skipped {len(others)} files that are not .txt, .md or .pdf: "
+              + ", ".join(f"{n} {k}" for k, n in kinds.most_common()))
+        report["skipped_other_files"] = len(others)
     for p in tqdm(files, desc="reading files", disable=len(files) < 50):
         rel = p.relative_to(folder).as_posix()
-        try: text = _read_pdf(p) if p.suffix.lower() == ".pdf" else "\n".join(_open_text(p))
+        try: text = _read_one_file(p)
         except InputError as e: print(f"skipped {e}"); report["skipped_unreadable"] += 1; continue
-        except Exception as e:  # pypdf raises many types on damaged files; all mean "cannot read this one"
-            print(f"skipped {p}: unreadable PDF ({type(e).__name__}: {e})"); report["skipped_unreadable"] += 1; continue
         title = p.stem.replace("_", " ").replace("-", " ")
         records.append({"doc_id": rel, "title": title, "text": text, "series": p.parent.relative_to(folder).as_posix(),
                         "_line": 1})
@@ -227,23 +310,28 @@ def _one_type(values: list):
 
 def _passages_from_records(recs: list[dict], path: Path):
     from datasets import Dataset
-    seen = {}
+    seen, ids = {}, []
     for r in recs:
-        pid = str(r["id"])
-        if pid in seen: raise InputError(f"{path}:{r.get('_line', '?')}: duplicate passage id '{pid}' (first at line {seen[pid]})")
-        seen[pid] = r.get("_line", "?")
+        where = f"{path}:{r.get('_line', '?')}"
+        if "id" not in r or not isinstance(r.get("text"), str): raise InputError(f"{where}: a passage needs an 'id' and a 'text' string")
+        pid = _id_str(r["id"], where)
+        if pid in seen: raise InputError(f"{where}: duplicate passage id '{pid}' (first at line {seen[pid]})")
+        seen[pid] = r.get("_line", "?"); ids.append(pid)
     keys = [k for k in dict.fromkeys(k for r in recs for k in r) if k not in ("_line", "embeddings")]
     cols = {k: _one_type([r.get(k) for r in recs]) for k in keys}
-    cols["id"] = [str(r["id"]) for r in recs]
-    cols["doc_id"] = [str(r.get("doc_id") or r["id"]) for r in recs]
+    cols["id"] = ids
+    cols["doc_id"] = [str(r.get("doc_id") or pid) for r, pid in zip(recs, ids)]
     cols.setdefault("title", [""] * len(recs))
     return Dataset.from_dict(cols)
 
 def load_passages(source=None, limit: int | None = None):
-    "The one passage loader: a `Dataset`, a corpus JSONL (`id` + `text`), any archive `load_corpus` reads, or None (the sample)."
+    "The one passage loader: a `Dataset`, a list of dicts, a corpus JSONL (`id` + `text`), any archive `load_corpus` reads, or None (the sample)."
     from datasets import Dataset
+    if limit is not None and limit < 1: raise InputError(f"--limit must be at least 1 (got {limit}); leave it out for all passages")
     if source is None: ds = load_sample(verbose=False)
     elif isinstance(source, Dataset): ds = source
+    elif isinstance(source, (list, tuple)):  # passages already in memory: their position stands in for a line number
+        ds = _passages_from_records([{**r, "_line": n} for n, r in enumerate(source, 1)], Path("passages"))
     else:
         path = Path(source)
         if not path.exists(): raise InputError(f"{path}: no such file or folder")
@@ -279,17 +367,18 @@ def plot_passages_per(ds, column: str = "series", ax=None, top: int = 15):
     return ax
 
 # %% ../nbs/00_corpus.ipynb #c036
-def corpus_cli(argv=None):
-    "archivesrag corpus: load a JSONL/CSV file or a folder into passages and write corpus.jsonl."
-    import argparse
-    p = argparse.ArgumentParser(prog="archivesrag corpus", description=corpus_cli.__doc__)
-    p.add_argument("--input_file", help="JSONL/CSV file or folder of .txt/.md/.pdf (default: the bundled sample archive)")
-    p.add_argument("--output_file", default="corpus.jsonl", help="where to write the passages (JSONL)")
-    p.add_argument("--max_tokens", type=int, default=256, help="passage size in the embedder's tokens (0: no chunking)")
-    p.add_argument("--overlap", type=int, default=32, help="tokens shared by consecutive passages")
-    p.add_argument("--text_field", default="text", help="name of the text field in JSONL/CSV input")
-    a = p.parse_args(argv)
-    src = a.input_file or sample_path()
-    ds = load_corpus(src, max_tokens=a.max_tokens or None, overlap=a.overlap, text_field=a.text_field)
-    print(f"wrote {len(ds)} passages to {save_corpus(ds, a.output_file)}")
+def corpus_cli(
+    input_file: str = None,         # JSONL/CSV file or folder of .txt/.md/.pdf (default: the bundled sample archive)
+    output_file: str = "corpus.jsonl",  # where to write the passages (JSONL)
+    max_tokens: int = 256,          # passage size in the embedder's tokens (0: no chunking)
+    overlap: int = 32,              # tokens shared by consecutive passages
+    text_field: str = "text",       # name of the text field in JSONL/CSV input
+) -> int:
+    "Load a JSONL/CSV file or a folder into passages and write corpus.jsonl."
+    out = check_output_path(output_file)
+    src = Path(input_file) if input_file else sample_path()
+    if src.exists() and src.resolve() == out.resolve():
+        raise InputError(f"{out}: --output_file is the input file; write the passages to another file")
+    ds = load_corpus(src, max_tokens=max_tokens or None, overlap=overlap, text_field=text_field)
+    print(f"wrote {len(ds)} passages to {save_corpus(ds, out)}")
     return 0

@@ -7,22 +7,25 @@ Docs: https://archivesrag.github.io/archivesrag/queries.html.md"""
 # %% ../nbs/01_queries.ipynb #c005
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
+import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from tqdm.auto import tqdm
 
-from .corpus import InputError, append_jsonl, load_corpus, read_jsonl, write_jsonl
+from .corpus import InputError, append_jsonl, check_output_path, load_passages, read_jsonl, read_text, write_jsonl
 from .llm import LLM, OpenAILLM, extract_json, get_llm, scrub
 
 # %% auto #0
 __all__ = ['QUERY_PROMPT', 'QUERY_SCHEMA', 'FEW_SHOT_PROMPT', 'FEW_SHOT_EXAMPLES', 'META', 'copy_score', 'build_messages',
-           'default_prompt', 'parse_query', 'QueryFilter', 'generate_queries', 'sample_queries_path',
+           'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'generate_queries', 'sample_queries_path',
            'load_sample_queries', 'plot_query_lengths', 'plot_copy_scores', 'gen_query_cli']
 
 # %% ../nbs/01_queries.ipynb #c008
@@ -105,11 +108,17 @@ def parse_query(text: str | None) -> tuple[str | None, str | None]:
 
 # %% ../nbs/01_queries.ipynb #c024
 class QueryFilter:
-    "Quality filters with counts: too short, copies of the passage, exact and near duplicates of earlier queries."
-    def __init__(self, min_words: int = 4, max_copy: float = 0.6, near_dup: float = 0.8):
-        self.min_words, self.max_copy, self.near_dup = min_words, max_copy, near_dup
+    "Quality filters with counts: too short, copies of the passage or of a prompt example, exact and near duplicates."
+    def __init__(self, min_words: int = 4, max_copy: float = 0.6, near_dup: float = 0.8, example_overlap: float = 0.5,
+                 examples: list[str] = ()):
+        self.min_words, self.max_copy, self.near_dup, self.example_overlap = min_words, max_copy, near_dup, example_overlap
         self.counts = Counter()
         self._exact, self._sets, self._index, self._df = set(), [], {}, Counter()
+        self.set_examples(examples)
+
+    def set_examples(self, queries: list[str]) -> None:
+        "The prompt's few-shot example queries: a query too close to one of them is an `example_copy`."
+        self._examples = [frozenset(_words(q)) for q in queries]
 
     def add(self, query: str) -> None:
         "Remember an accepted query (also used to load the queries of an earlier, interrupted run)."
@@ -122,7 +131,7 @@ class QueryFilter:
         # candidates share one of the query's 3 rarest words: a set with Jaccard >= 0.8 must share most words
         cands = set()
         for w in sorted(ws, key=lambda w: self._df[w])[:3]: cands.update(self._index.get(w, ()))
-        return any(len(ws & self._sets[i]) / len(ws | self._sets[i]) >= self.near_dup for i in cands)
+        return any(_jaccard(ws, self._sets[i]) >= self.near_dup for i in cands)
 
     def reason(self, query: str, passage: str) -> str | None:
         "The name of the first filter `query` fails, or None; counts and remembers nothing."
@@ -131,8 +140,10 @@ class QueryFilter:
         if copy_score(query, passage) > self.max_copy: return "copy"
         tri = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
         if tri and 1 - len(set(tri)) / len(tri) > 0.2: return "repetitive"  # "the function of the function of the …"
+        ws = frozenset(words)
+        if any(_jaccard(ws, e) >= self.example_overlap for e in self._examples): return "example_copy"
         if " ".join(words) in self._exact: return "duplicate"
-        if self._near(frozenset(words)): return "near_duplicate"
+        if self._near(ws): return "near_duplicate"
         return None
 
     def check(self, query: str, passage: str) -> str | None:
@@ -141,6 +152,8 @@ class QueryFilter:
         if why: self.counts[why] += 1
         else: self.add(query)
         return why
+
+def _jaccard(a: frozenset, b: frozenset) -> float: return len(a & b) / len(a | b) if a | b else 0.0
 
 # %% ../nbs/01_queries.ipynb #c027
 def _read_done(path: Path, what: str) -> list[dict]:
@@ -168,123 +181,169 @@ def _read_done(path: Path, what: str) -> list[dict]:
 META = ("doc_id", "title", "fonds", "series", "date")
 "Passage fields copied into each query record, so later steps never match on text."
 
-def _passages(src, limit: int | None = None) -> list[dict]:
-    "Passages `{id, text, ...}` from a `datasets.Dataset`, a list of dicts, a corpus JSONL, or any file `load_corpus` reads."
-    if isinstance(src, (str, Path)):
-        path = Path(src)
-        if not path.exists(): raise InputError(f"{path}: no such file or folder")
-        recs = read_jsonl(path) if path.suffix.lower() in {".jsonl", ".json", ".ndjson"} else None
-        if recs and all({"id", "text", "doc_id", "chunk"} <= r.keys() for r in recs):  # already a corpus.jsonl
-            rows = recs
-        else: rows = list(load_corpus(path))  # the seed's "Original Data" ({"text": ...}), CSV, folders: chunked
-    else: rows = list(src)
-    out, seen = [], set()
-    for n, r in enumerate(rows, 1):
-        where = f"{src}:{r.get('_line', n)}" if isinstance(src, (str, Path)) else f"passage {n}"
-        if not isinstance(r.get("text"), str): raise InputError(f"{where}: passage has no 'text' string")
-        pid = str(r.get("id", n))
-        if pid in seen: raise InputError(f"{where}: duplicate passage id '{pid}'")
-        seen.add(pid)
-        out.append({k: v for k, v in r.items() if k != "_line"} | {"id": pid})
-    return out[:limit] if limit else out
+# %% ../nbs/01_queries.ipynb #c029a
+@dataclass
+class Sampling:
+    "How each passage is shown to the model and sampled: the settings that travel together to every request."
+    max_tokens: int = 96                  # tokens per reply; a reply cut at this limit is retried once with twice as many
+    temperature: float = 0.0              # of the first query of a passage; retries and further queries use >= 0.7
+    seed: int = 0                         # sampling seed; each retry and each further query of a passage gets another
+    retries: int = 1                      # extra tries, in the same run, for a failed or filtered reply
+    max_passage_words: int | None = None  # show the model only the first N words (`positive` keeps the whole passage)
+    batch_size: int | None = None         # passages per round of requests [max(8, 4 x the backend's concurrency)]
 
-# %% ../nbs/01_queries.ipynb #c029
+    def temperature_for(self, k: int, attempt: int) -> float:
+        "The k-th query of a passage and every retry: some temperature, so that it differs from the first."
+        return self.temperature if k == 0 and attempt == 0 else max(self.temperature, 0.7)
+
 def _clip(text: str, max_words: int | None) -> str:
     "The first `max_words` words of `text` (all of it when None): what a slow local model is shown of a passage."
     if not max_words: return text
     words = text.split()
     return text if len(words) <= max_words else " ".join(words[:max_words]) + " …"
 
+# %% ../nbs/01_queries.ipynb #c029d
+def _same_file(a, b) -> bool:
+    return isinstance(a, (str, Path)) and Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+
+def _query_files(source, output_file, failures_file=None) -> tuple[Path, Path]:
+    "Checked `(output, failures)` paths: writable, and neither is the input nor each other."
+    out = check_output_path(output_file)
+    fail = check_output_path(failures_file or out.with_name(out.stem + ".failures.jsonl"))
+    if _same_file(source, out): raise InputError(f"{out}: --output_file is the input file; write the queries to another file")
+    if _same_file(source, fail) or fail.resolve() == out.resolve():
+        raise InputError(f"{fail}: --failures_file must differ from --input_file and --output_file")
+    return out, fail
+
+@contextmanager
+def _output_lock(path: Path):
+    "Hold an exclusive lock on `<path>.lock` while writing `path`; a second holder gets an `InputError` at once."
+    try: import fcntl
+    except ImportError: yield; return  # not POSIX (Windows): no lock
+    lock = path.with_name(path.name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(f"{path}: another run is writing this file (it holds {lock.name}); wait for it to "
+                             "finish, or write to another --output_file") from None
+        try:  # the file we locked must still be the one at `lock`: a run that just ended removes it
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino: break
+        except FileNotFoundError: pass
+        os.close(fd)
+    try: yield
+    finally:
+        lock.unlink(missing_ok=True)  # before unlocking: a run waiting on this inode will see it is gone
+        os.close(fd)
+
+# %% ../nbs/01_queries.ipynb #c029g
+def _plan(passages: list[dict], out: Path, fail: Path, n: int, qfilter: QueryFilter) -> tuple[list, int, int]:
+    "`(todo, skipped, retrying)`: the (passage, k) pairs to ask for, passages already done, and earlier failures retried."
+    have = Counter()
+    for r in _read_done(out, "queries"):
+        have[str(r["id"])] += 1
+        if isinstance(r.get("query"), str): qfilter.add(r["query"])
+    todo = [(p, k) for p in passages for k in range(have[p["id"]], n)]
+    todo_ids = {p["id"] for p, _ in todo}
+    failed_before = _read_done(fail, "failures")
+    kept = [r for r in failed_before if str(r["id"]) not in todo_ids]
+    if len(kept) < len(failed_before): write_jsonl(kept, fail)  # these passages are tried again now
+    retrying = len({str(r["id"]) for r in failed_before} & todo_ids)
+    return todo, sum(1 for p in passages if have[p["id"]] >= n), retrying
+
+# %% ../nbs/01_queries.ipynb #c029i
+def _cut(reply) -> bool:
+    "Did the backend stop this reply at `max_tokens`? (`finish_reason` is None where a backend does not say.)"
+    return getattr(reply, "finish_reason", None) == "length"
+
+def _judge(reply, passage: str, qfilter: QueryFilter, max_tokens: int) -> tuple[str | None, str | None, str]:
+    "`(query, reason, raw)`: query None = failed (reason says why); query set with a reason = filtered; else accepted."
+    if _cut(reply): return None, f"reply cut at the token limit (finish_reason=length, max_tokens={max_tokens})", reply.text
+    q, why = (None, reply.error) if reply.error else parse_query(reply.text)
+    if q is not None:
+        why = qfilter.reason(q, passage)
+        if why is None: qfilter.add(q)  # accepted: later replies must not duplicate it
+    return q, why, reply.text
+
+def _ask_batch(llm: LLM, batch: list, prompt: str, examples: list, s: Sampling, qfilter: QueryFilter) -> tuple[list, int]:
+    "A judged result for each (passage, k) of `batch`, retrying failed and filtered replies; also the number of retries."
+    results, tokens, budget = [None] * len(batch), [s.max_tokens] * len(batch), [s.retries] * len(batch)
+    pending, retried, attempt = list(range(len(batch))), 0, 0
+    while pending:
+        groups = {}  # one llm.chat call per (temperature, max_tokens)
+        for i in pending: groups.setdefault((s.temperature_for(batch[i][1], attempt), tokens[i]), []).append(i)
+        for (temp, mt), idx in groups.items():
+            convs = [build_messages(_clip(batch[i][0]["text"], s.max_passage_words), prompt, examples) for i in idx]
+            replies = llm.chat(convs, max_tokens=mt, temperature=temp, json_schema=QUERY_SCHEMA,
+                               seed=s.seed + 1000 * attempt + batch[idx[0]][1])
+            for i, r in zip(idx, replies):
+                results[i] = _judge(r, batch[i][0]["text"], qfilter, mt)
+                if _cut(r):  # retried once with twice the limit; cut again, it is recorded as a failure
+                    if tokens[i] == s.max_tokens: tokens[i] *= 2; budget[i] = max(budget[i], 1)
+                    else: budget[i] = 0
+        pending = [i for i in pending if results[i][1] is not None and budget[i] > 0]
+        for i in pending: budget[i] -= 1
+        retried += len(pending); attempt += 1
+    return results, retried
+
+# %% ../nbs/01_queries.ipynb #c029j
+def _record(batch: list, results: list, out, fail, qfilter: QueryFilter, stats: Counter) -> None:
+    "Append each accepted query to `out`, each failed or filtered one (reason and raw reply) to `fail`."
+    for (p, k), (q, why, raw) in zip(batch, results):
+        if q is None:
+            append_jsonl({"id": p["id"], "k": k, "reason": scrub(why or "unknown"), "reply": scrub(raw or "")}, fail)
+            stats["failed"] += 1
+        elif why:
+            qfilter.counts[why] += 1
+            append_jsonl({"id": p["id"], "k": k, "reason": f"filtered: {why}", "query": q, "reply": scrub(raw or "")}, fail)
+            stats["filtered"] += 1
+        else:
+            append_jsonl({"id": p["id"], "query": q, "positive": [p["text"]], **{m: p.get(m) for m in META if m in p}}, out)
+            stats["done"] += 1
+
 def _fmt_summary(s: dict) -> str:
     filt = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["filtered_by"].items()) or "none"
-    line = (f"{s['passages']} passages: {s['done']} done, {s['skipped']} skipped (already done), {s['failed']} failed, "
-            f"{s['filtered']} filtered ({filt}) -> {s['output_file']}; {s['passages_per_s']:.2f} passages/s")
+    again = f" (incl. {s['retried_from_before']} that failed before)" if s.get("retried_from_before") else ""
+    line = (f"{s['passages']} passages: {s['done']} done{again}, {s['skipped']} skipped (already done), "
+            f"{s['failed']} failed, {s['filtered']} filtered ({filt}) -> {s['output_file']}; "
+            f"{s['passages_per_s']:.2f} passages/s")
     u = s["usage"]
     line += f"; tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion in {u['requests']} requests"
     if s.get("cost_usd") is not None: line += f"; estimated cost ${s['cost_usd']:.4f}"
     return line
 
+# %% ../nbs/01_queries.ipynb #c029
 def generate_queries(corpus_or_path, output_file: str | Path, llm: LLM | None = None, queries_per_passage: int = 1,
                      failures_file: str | Path | None = None, prompt: str | None = None, examples: list | None = None,
-                     limit: int | None = None, max_tokens: int = 96, temperature: float = 0.0, seed: int = 0,
-                     retries: int = 1, retry_failed: bool = False, min_words: int = 4, max_copy: float = 0.6,
-                     near_dup: float = 0.8, max_passage_words: int | None = None, batch_size: int | None = None,
-                     progress: bool = True,
-                     verbose: bool = True) -> dict:
+                     limit: int | None = None, sampling: Sampling | None = None, qfilter: QueryFilter | None = None,
+                     progress: bool = True, verbose: bool = True, **sampling_kw) -> dict:
     "Write `queries_per_passage` queries per passage to `output_file` (JSONL, appended, resumable); returns a summary."
     t0 = time.time()
-    passages = _passages(corpus_or_path, limit)
-    output_file = Path(output_file)
-    failures_file = Path(failures_file) if failures_file else output_file.with_name(output_file.stem + ".failures.jsonl")
-    output_file.parent.mkdir(parents=True, exist_ok=True); failures_file.parent.mkdir(parents=True, exist_ok=True)
-    llm = llm or get_llm()
-    if prompt is None: prompt, examples = default_prompt(llm) if examples is None else (QUERY_PROMPT, examples)
-    examples = examples or []
-    n = max(1, int(queries_per_passage))
-
-    # resume: what is already done
-    done = _read_done(output_file, "queries")
-    failed_before = _read_done(failures_file, "failures")
-    if retry_failed and failed_before:
-        write_jsonl([], failures_file); failed_before = []
-    qfilter = QueryFilter(min_words, max_copy, near_dup)
-    for _, q in examples: qfilter.add(q)  # a small model's copy of a few-shot example is a near-duplicate: retried
-    have = Counter()
-    for r in done:
-        have[str(r["id"])] += 1
-        if isinstance(r.get("query"), str): qfilter.add(r["query"])
-    for r in failed_before: have[str(r["id"])] += 1
-    todo = [(p, k) for p in passages for k in range(have[p["id"]], n)]
-    skipped = sum(1 for p in passages if have[p["id"]] >= n)
-
-    stats = Counter()
-    bs = batch_size or max(8, 4 * getattr(llm, "concurrency", 1))
-    bar = tqdm(total=len(todo), desc="queries", disable=not progress or not todo)
-    with open(output_file, "a", encoding="utf-8") as out, open(failures_file, "a", encoding="utf-8") as fail:
-        for b in range(0, len(todo), bs):
-            batch = todo[b:b + bs]
-            pending = list(range(len(batch)))
-            results = [None] * len(batch)  # (query, reason, raw reply); query None = failed, reason set = filtered
-            for attempt in range(retries + 1):
-                # the k-th query of a passage and every retry: another seed, and some temperature so that it differs
-                temp = [temperature if batch[i][1] == 0 and attempt == 0 else max(temperature, 0.7) for i in pending]
-                groups = {}
-                for i, t in zip(pending, temp): groups.setdefault(t, []).append(i)
-                for t, idx in groups.items():
-                    replies = llm.chat([build_messages(_clip(batch[i][0]["text"], max_passage_words), prompt, examples)
-                                        for i in idx],
-                                       max_tokens=max_tokens, temperature=t, json_schema=QUERY_SCHEMA,
-                                       seed=seed + 1000 * attempt + batch[idx[0]][1])
-                    for i, r in zip(idx, replies):
-                        q, why = (None, r.error) if r.error else parse_query(r.text)
-                        if q is not None:
-                            why = qfilter.reason(q, batch[i][0]["text"])
-                            if why is None: qfilter.add(q)  # accepted: later replies must not duplicate it
-                        results[i] = (q, why, r.text)
-                pending = [i for i in pending if results[i][1] is not None]
-                if not pending: break
-                stats["retried"] += len(pending) * (attempt < retries)
-            for (p, k), (q, why, raw) in zip(batch, results):
-                if q is None:
-                    append_jsonl({"id": p["id"], "k": k, "reason": scrub(why or "unknown"), "reply": scrub(raw or "")}, fail)
-                    stats["failed"] += 1
-                elif why:
-                    qfilter.counts[why] += 1
-                    append_jsonl({"id": p["id"], "k": k, "reason": f"filtered: {why}", "query": q,
-                                  "reply": scrub(raw or "")}, fail)
-                    stats["filtered"] += 1
-                else:
-                    append_jsonl({"id": p["id"], "query": q, "positive": [p["text"]],
-                                  **{m: p.get(m) for m in META if m in p}}, out)
-                    stats["done"] += 1
-            bar.update(len(batch))
-    bar.close()
-    secs = time.time() - t0
-    summary = dict(passages=len(passages), done=stats["done"], skipped=skipped, failed=stats["failed"],
-                   filtered=stats["filtered"], filtered_by=dict(qfilter.counts), retried=stats["retried"], output_file=str(output_file),
-                   failures_file=str(failures_file), seconds=round(secs, 2),
-                   passages_per_s=(len({p["id"] for p, _ in todo}) / secs) if todo and secs else 0.0,
-                   usage=llm.usage, llm=llm.name,
+    s = sampling or Sampling(**sampling_kw)
+    passages = list(load_passages(corpus_or_path, limit))
+    out_path, fail_path = _query_files(corpus_or_path, output_file, failures_file)
+    with _output_lock(out_path):
+        llm = llm or get_llm()
+        if prompt is None: prompt, examples = default_prompt(llm) if examples is None else (QUERY_PROMPT, examples)
+        examples = examples or []
+        qfilter = qfilter or QueryFilter()
+        qfilter.set_examples([q for _, q in examples])
+        todo, skipped, retrying = _plan(passages, out_path, fail_path, max(1, int(queries_per_passage)), qfilter)
+        stats, bs = Counter(), s.batch_size or max(8, 4 * getattr(llm, "concurrency", 1))
+        bar = tqdm(total=len(todo), desc="queries", disable=not progress or not todo)
+        with open(out_path, "a", encoding="utf-8") as out, open(fail_path, "a", encoding="utf-8") as fail:
+            for b in range(0, len(todo), bs):
+                results, retried = _ask_batch(llm, todo[b:b + bs], prompt, examples, s, qfilter)
+                _record(todo[b:b + bs], results, out, fail, qfilter, stats)
+                stats["retried"] += retried; bar.update(len(results))
+        bar.close()
+    secs, attempted = time.time() - t0, len({p["id"] for p, _ in todo})
+    summary = dict(passages=len(passages), attempted=attempted, done=stats["done"], skipped=skipped,
+                   failed=stats["failed"], filtered=stats["filtered"], filtered_by=dict(qfilter.counts),
+                   retried=stats["retried"], retried_from_before=retrying, output_file=str(out_path),
+                   failures_file=str(fail_path), seconds=round(secs, 2),
+                   passages_per_s=attempted / secs if attempted and secs else 0.0, usage=llm.usage, llm=llm.name,
                    cost_usd=llm.estimated_cost() if isinstance(llm, OpenAILLM) else None)
     if verbose: print(_fmt_summary(summary))
     return summary
@@ -319,44 +378,38 @@ def plot_copy_scores(groups: dict[str, list[float]], threshold: float = 0.6, ax=
     return ax
 
 # %% ../nbs/01_queries.ipynb #c041
-def gen_query_cli(argv: list[str] | None = None) -> int:
-    "archivesrag gen-query: write a search query per passage (seed: gen_query.py)."
-    p = argparse.ArgumentParser(prog="archivesrag gen-query",
-        description="Write a search query for every passage with an LLM. Appends to --output_file and resumes: "
-                    "rerun the same command after a crash or Ctrl-C. The OpenAI key is read from OPENAI_API_KEY only.")
-    p.add_argument("--input_file", required=True, help="passages: a corpus.jsonl, a JSONL with 'text' (the seed's "
-                   "'Original Data'), a CSV, or a folder of .txt/.md/.pdf files")
-    p.add_argument("--output_file", required=True, help="queries JSONL: {id, query, positive: [passage], doc_id, title, …}")
-    p.add_argument("--backend", choices=["openai", "vllm", "local"], default=None,
-                   help="openai (api.openai.com or --base_url), vllm (GPU) or local (llama.cpp, bundled SmolLM2); "
-                        "default: openai if OPENAI_API_KEY is set or --base_url is given, else local")
-    p.add_argument("--model", default=None, help="model name (openai: gpt-4o; vllm: a Hub id) or GGUF path (local)")
-    p.add_argument("--base_url", default=None, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--concurrency", type=int, default=4, help="parallel requests (openai backend) [4]")
-    p.add_argument("--queries_per_passage", type=int, default=1, help="queries per passage [1]")
-    p.add_argument("--prompt_file", default=None, help="a prompt text file: the system message, or a template with "
-                   "{text}; default: the seed's prompt (few-shot prompt for the local backend)")
-    p.add_argument("--failures_file", default=None, help="where failed/filtered passages go, with the reason and the "
-                   "raw reply [<output>.failures.jsonl]")
-    p.add_argument("--limit", type=int, default=None, help="only the first N passages")
-    p.add_argument("--max_tokens", type=int, default=96, help="max tokens per reply [96]")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the first query [0.0]")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed [0]")
-    p.add_argument("--max_passage_words", type=int, default=None, help="show the LLM only the first N words of each "
-                   "passage (faster on a CPU; `positive` keeps the whole passage) [all]")
-    p.add_argument("--retry_failed", action="store_true", help="retry passages listed in the failures file")
-    p.add_argument("--min_words", type=int, default=4, help="filter queries shorter than this [4]")
-    p.add_argument("--max_copy", type=float, default=0.6, help="filter queries whose copy score is above this [0.6]")
-    a = p.parse_args(argv)
-    prompt = None
-    if a.prompt_file:
-        pf = Path(a.prompt_file)
-        if not pf.is_file(): raise InputError(f"{pf}: no such prompt file")
-        prompt = pf.read_text(encoding="utf-8").strip()
-        if not prompt: raise InputError(f"{pf}: the prompt file is empty")
-    llm = get_llm(a.backend, model=a.model, base_url=a.base_url, concurrency=a.concurrency)
-    s = generate_queries(a.input_file, a.output_file, llm=llm, queries_per_passage=a.queries_per_passage,
-                         failures_file=a.failures_file, prompt=prompt, examples=[] if prompt else None, limit=a.limit,
-                         max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed, retry_failed=a.retry_failed,
-                         min_words=a.min_words, max_copy=a.max_copy, max_passage_words=a.max_passage_words)
+def gen_query_cli(
+    input_file: Annotated[str, {"opt": True, "required": True}],   # passages: a corpus.jsonl, a JSONL with 'text' (the seed's 'Original Data'), a CSV, or a folder of .txt/.md/.pdf files
+    output_file: Annotated[str, {"opt": True, "required": True}],  # queries JSONL: {id, query, positive: [passage], doc_id, title, …}; appended, resumable
+    backend: Annotated[str, {"choices": ["openai", "vllm", "local"]}] = None,  # openai (api.openai.com or --base_url), vllm (GPU) or local (llama.cpp, bundled SmolLM2); default: openai if OPENAI_API_KEY is set or --base_url is given, else local
+    model: str = None,              # model name (openai: gpt-4o; vllm: a Hub id) or GGUF path (local)
+    base_url: str = None,           # an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
+    concurrency: int = 4,           # parallel requests (openai backend)
+    timeout: float = None,          # seconds to wait for one reply before it counts as failed (openai backend)
+    queries_per_passage: int = 1,   # queries per passage
+    prompt_file: str = None,        # a UTF-8 prompt file: the system message, or a template with {text}; default: the seed's prompt (few-shot for the local backend)
+    failures_file: str = None,      # where failed/filtered passages go, with the reason and the raw reply [<output>.failures.jsonl]
+    limit: int = None,              # only the first N passages (N >= 1)
+    max_tokens: int = 96,           # max tokens per reply (a cut reply is retried once with twice as many)
+    temperature: float = 0.0,       # sampling temperature of the first query
+    seed: int = 0,                  # sampling seed
+    max_passage_words: int = None,  # show the LLM only the first N words of each passage (faster on a CPU; `positive` keeps the whole passage)
+    retry_failed: bool = False,     # kept for old scripts: a rerun always retries the passages that failed
+    min_words: int = 4,             # filter queries shorter than this
+    max_copy: float = 0.6,          # filter queries whose copy score is above this
+) -> int:
+    "Write a search query for every passage with an LLM. Appends to --output_file and resumes: rerun the same command after a crash or Ctrl-C. The OpenAI key is read from OPENAI_API_KEY only."
+    if limit is not None and limit < 1: raise InputError(f"--limit must be at least 1 (got {limit}); leave it out for all passages")
+    prompt = read_text(prompt_file) if prompt_file else None
+    llm_kw = {"timeout": timeout} if timeout is not None else {}  # only when given: not every backend takes one
+    llm = get_llm(backend, model=model, base_url=base_url, concurrency=concurrency, **llm_kw)
+    s = generate_queries(input_file, output_file, llm=llm, queries_per_passage=queries_per_passage,
+                         failures_file=failures_file, prompt=prompt, examples=[] if prompt else None, limit=limit,
+                         qfilter=QueryFilter(min_words=min_words, max_copy=max_copy),
+                         sampling=Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                           max_passage_words=max_passage_words))
+    if s["attempted"] and not s["done"]:
+        print(f"archivesrag gen-query: error: no query was written ({s['failed']} failed, {s['filtered']} filtered); "
+              f"the reasons are in {s['failures_file']}", file=sys.stderr)
+        return 1
     return 0

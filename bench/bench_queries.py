@@ -1,11 +1,19 @@
-"""Query generation throughput: passages/second for the local backend (llama.cpp in-process) and for the openai
-backend against a local OpenAI-compatible server (`python -m llama_cpp.server`, bundled SmolLM2) at concurrency 1 and 4.
+"""Query generation throughput on the local backend (llama.cpp in-process, bundled SmolLM2): documents/s with the
+prompt's fixed part (instruction + few-shot examples) reused from llama.cpp's KV cache, against the same prompts
+evaluated from scratch, in one run, on the same cores and passages; then, optionally, the openai backend against a
+local OpenAI-compatible server (`python -m llama_cpp.server`) at concurrency 1 and 4.
 
-    python bench/bench_queries.py [--n 8] [--max_passage_words 80] [--threads N]
+    python bench/bench_queries.py [--n 20] [--max_passage_words 80] [--threads N] [--server]
 
-Prints one line per setting. The load average is printed too: on a shared machine it moves the figures a lot.
+`build_messages` puts the fixed part first and the passage last, so consecutive prompts share a ~275-token prefix
+that llama-cpp-python does not evaluate again ("prefix-match hit"). The "no prefix reuse" row is what a layout with
+the passage first costs: we get it by resetting the model state before each prompt, which keeps the prompts, the
+seeds and the outputs identical and changes only what is reused. The load average is printed too: on a shared
+machine it moves the figures a lot.
 """
 import argparse
+import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -19,7 +27,7 @@ os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from archivesrag.corpus import load_sample
-from archivesrag.llm import get_llm
+from archivesrag.llm import LocalLLM, get_llm
 from archivesrag.models import bundled_gguf_path
 from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, generate_queries
 
@@ -45,22 +53,32 @@ def start_server(threads: int, log: Path):
     proc.kill(); raise RuntimeError("llama_cpp.server did not start")
 
 
+class ColdLocalLLM(LocalLLM):
+    "The local backend with llama.cpp's state reset before each prompt: nothing of the previous prompt is reused."
+    def _chat_one(self, messages, **kw):
+        with self._lock: self._llm.reset()
+        return super()._chat_one(messages, **kw)
+
+
 def run(name, passages, llm, tmp, max_passage_words, **kw):
-    s = generate_queries(passages, Path(tmp) / f"{name}.jsonl", llm=llm, max_passage_words=max_passage_words,
-                         progress=False, verbose=False, **kw)
-    print(f"{name:<28} {s['passages_per_s']:6.3f} passages/s  ({len(passages)} passages in {s['seconds']:.1f} s; "
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):  # llama-cpp-python's verbose cache messages
+        s = generate_queries(passages, Path(tmp) / f"{name.split()[0]}-{time.time_ns()}.jsonl", llm=llm,
+                             max_passage_words=max_passage_words, progress=False, verbose=False, **kw)
+    hits = log.getvalue().count("prefix-match hit")
+    print(f"{name:<30} {s['passages_per_s']:6.3f} documents/s  ({len(passages)} in {s['seconds']:.1f} s; "
           f"{s['done']} done, {s['failed']} failed, {s['filtered']} filtered; "
-          f"{s['usage']['prompt_tokens']}+{s['usage']['completion_tokens']} tokens; load {os.getloadavg()[0]:.1f})",
-          flush=True)
+          f"{s['usage']['prompt_tokens']}+{s['usage']['completion_tokens']} tokens; {hits} prefix-match hits; "
+          f"load {os.getloadavg()[0]:.1f})", flush=True)
     return s
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=8, help="passages per setting [8]")
+    p.add_argument("--n", type=int, default=20, help="passages per setting [20]")
     p.add_argument("--max_passage_words", type=int, default=80, help="words of each passage shown to the model [80]")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="llama.cpp threads")
-    p.add_argument("--skip_local", action="store_true")
+    p.add_argument("--server", action="store_true", help="also time the openai backend against llama_cpp.server")
     a = p.parse_args()
     ds = load_sample(verbose=False)
     passages = ds.select(range(0, len(ds), max(1, len(ds) // a.n)))[: a.n]
@@ -68,8 +86,15 @@ def main():
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {len(passages)} passages, "
           f"{a.threads} llama.cpp threads, first {a.max_passage_words} words of each passage", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if not a.skip_local:
-            run("local (in-process)", passages, get_llm("local", n_threads=a.threads), tmp, a.max_passage_words)
+        rates = {}
+        for name, cls in [("no prefix reuse (passage first)", ColdLocalLLM), ("prefix first (build_messages)", LocalLLM)]:
+            llm = cls(n_threads=a.threads)
+            llm._llm.verbose = True  # so that llama-cpp-python reports its prefix-match hits
+            rates[name] = run(name, passages, llm, tmp, a.max_passage_words)["passages_per_s"]
+            del llm
+        old, new = rates.values()
+        print(f"prefix first / no prefix reuse: {new / old:.2f}x documents/s", flush=True)
+        if not a.server: return
         proc, base = start_server(a.threads, Path(tmp) / "server.log")
         try:
             for c in (1, 4):

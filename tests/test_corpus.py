@@ -1,5 +1,7 @@
 """Corpus loading: the bundled sample, every kind of bad input, and the `archivesrag corpus` command."""
 import json
+import os
+import sys
 
 import pytest
 
@@ -49,6 +51,13 @@ def _write(tmp_path, name, data: bytes):
     ("dupes.jsonl", b'{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n{"id": "a", "text": "three"}\n',
      "dupes.jsonl:3: duplicate id 'a' (first seen on line 1)"),
     ("array.jsonl", b'["not", "an", "object"]\n', "array.jsonl:1: expected a JSON object"),
+    ("deep.jsonl", b'{"id": "a", "text": "ok"}\n' + b"[" * 200_000 + b"]" * 200_000 + b"\n",
+     "deep.jsonl:2: JSON nested too deeply"),
+    ("surrogate.jsonl", b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "lone \\ud800 half"}\n',
+     "surrogate.jsonl:2: a lone surrogate"),
+    ("nul.jsonl", b'{"id": "a", "text": "o\x00k"}\n', "nul.jsonl:1: NUL byte at column 23; the file is binary"),
+    ("listid.jsonl", b'{"id": ["x"], "text": "one"}\n{"id": "[\'x\']", "text": "two"}\n',
+     "listid.jsonl:1: an id must be a string or a number, got list"),
 ])
 def test_bad_input_gets_one_clear_error(tmp_path, name, data, message):
     path = _write(tmp_path, name, data)
@@ -133,3 +142,111 @@ def test_cli_help_lists_every_step():
     for cmd in ("corpus", "gen-query", "mine-hn", "train", "evaluate", "search", "ask", "demo"):
         assert f"  {cmd}" in r.stdout
     assert run_cli("no-such-step").returncode == 2
+
+
+def corpus_cli_run(tmp_path, *args):
+    "`archivesrag corpus ARGS` in a subprocess: (exit status, stderr)."
+    r = run_cli("corpus", *args, cwd=tmp_path)
+    assert "Traceback" not in r.stderr
+    return r.returncode, r.stderr.strip()
+
+
+def test_surrogate_pair_is_text_and_lone_surrogate_is_an_error(tmp_path):
+    ok = _write(tmp_path, "pair.jsonl", b'{"id": "a", "text": "\\ud83d\\ude00 scanned"}\n')
+    assert load_corpus(ok, verbose=False)["text"] == ["\U0001F600 scanned"]
+    rc, err = corpus_cli_run(tmp_path, "--input_file", _write(tmp_path, "s.jsonl", b'{"text": "x \\udc00"}\n'),
+                             "--output_file", "out.jsonl")
+    assert rc == 2 and err.startswith("archivesrag corpus: error: ") and "s.jsonl:1: a lone surrogate" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_nul_byte_message_reads_well(tmp_path):
+    bad = _write(tmp_path, "ctl.jsonl", b'{"id": "a", "text": "tab\there"}\n')  # a raw control character, not NUL
+    with pytest.raises(InputError) as e:
+        read_jsonl(bad)
+    assert "at at" not in str(e.value) and "ctl.jsonl:1: malformed JSON (Invalid control character at column" in str(e.value)
+
+
+def test_output_is_an_existing_folder(tmp_path):
+    ok = _write(tmp_path, "ok.jsonl", b'{"id": "a", "text": "Minutes of the board."}\n')
+    (tmp_path / "somedir").mkdir()
+    rc, err = corpus_cli_run(tmp_path, "--input_file", ok, "--output_file", "somedir")
+    assert rc == 2 and err == "archivesrag corpus: error: somedir: is a folder; give a file name, e.g. somedir/out.jsonl"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.jsonl", "somedir"]  # no somedir.tmp
+    assert list((tmp_path / "somedir").iterdir()) == []
+
+
+def test_output_under_a_file_and_output_equal_to_input(tmp_path):
+    ok = _write(tmp_path, "ok.jsonl", b'{"id": "a", "text": "Minutes of the board."}\n')
+    rc, err = corpus_cli_run(tmp_path, "--input_file", ok, "--output_file", "ok.jsonl/corpus.jsonl")
+    assert rc == 2 and "ok.jsonl is a file, not a folder" in err
+    rc, err = corpus_cli_run(tmp_path, "--input_file", ok, "--output_file", "ok.jsonl")
+    assert rc == 2 and "--output_file is the input file" in err
+    assert ok.read_bytes() == b'{"id": "a", "text": "Minutes of the board."}\n'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc, which only Linux has")
+def test_unwritable_folder_and_unreadable_file_via_proc(tmp_path):
+    # works as root too: nobody may create files in /proc/self, and reading /proc/self/mem at offset 0 fails (EIO)
+    ok = _write(tmp_path, "ok.jsonl", b'{"id": "a", "text": "Minutes of the board."}\n')
+    rc, err = corpus_cli_run(tmp_path, "--input_file", ok, "--output_file", "/proc/self/corpus.jsonl")
+    assert rc == 2 and "/proc/self/corpus.jsonl: " in err and "/proc/self" in err
+    (tmp_path / "mem.jsonl").symlink_to("/proc/self/mem")
+    rc, err = corpus_cli_run(tmp_path, "--input_file", "mem.jsonl", "--output_file", "out.jsonl")
+    assert rc == 2 and err.startswith("archivesrag corpus: error: mem.jsonl: cannot read the file")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root ignores file permissions; the /proc test covers this case as root")
+def test_unwritable_folder_and_unreadable_file_via_chmod(tmp_path):
+    ok = _write(tmp_path, "ok.jsonl", b'{"id": "a", "text": "Minutes of the board."}\n')
+    locked = tmp_path / "locked"
+    locked.mkdir(); locked.chmod(0o500)
+    secret = _write(tmp_path, "secret.jsonl", b'{"id": "a", "text": "x"}\n'); secret.chmod(0o000)
+    try:
+        rc, err = corpus_cli_run(tmp_path, "--input_file", ok, "--output_file", "locked/corpus.jsonl")
+        assert rc == 2 and "no permission to write in the folder locked" in err
+        rc, err = corpus_cli_run(tmp_path, "--input_file", secret, "--output_file", "out.jsonl")
+        assert rc == 2 and "secret.jsonl: cannot read the file (Permission denied)" in err
+    finally:
+        locked.chmod(0o700); secret.chmod(0o600)
+
+
+def test_write_atomic_leaves_old_file_or_new(tmp_path):
+    from archivesrag.corpus import write_atomic
+    target = tmp_path / "notes.txt"
+    write_atomic(target, "first")
+    def pieces():
+        yield "half"
+        raise KeyboardInterrupt  # a crash midway
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, pieces())
+    assert target.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    write_atomic(target, b"second")
+    assert target.read_text() == "second"
+
+
+def test_folder_counts_and_reports_skipped_files(tmp_path):
+    folder = tmp_path / "accession"
+    folder.mkdir()
+    (folder / "letter.txt").write_text("Letter from the harbour master, 1962.")
+    (folder / "scan.bin").write_bytes(b"\x00\x01")
+    (folder / "export.jsonl").write_text('{"text": "not read from a folder"}\n')
+    r = run_cli("corpus", "--input_file", folder, "--output_file", tmp_path / "c.jsonl", "--max_tokens", "0")
+    assert r.returncode == 0, r.stderr
+    assert "skipped 2 files that are not .txt, .md or .pdf" in r.stdout
+    assert "2 skipped other files" in r.stdout and "1 documents" in r.stdout
+
+
+def test_list_ids_cannot_collide_with_their_string_form(tmp_path):
+    from archivesrag.corpus import load_passages
+    p = _write(tmp_path, "passages.jsonl", b'{"id": "[\'x\']", "text": "a"}\n{"id": ["x"], "text": "b"}\n')
+    with pytest.raises(InputError, match=r"passages.jsonl:2: an id must be a string or a number, got list"):
+        load_passages(p)
+
+
+def test_limit_must_be_positive(tmp_path):
+    from archivesrag.corpus import load_passages
+    for bad in (0, -1):
+        with pytest.raises(InputError, match="--limit must be at least 1"):
+            load_passages(None, limit=bad)

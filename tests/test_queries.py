@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from archivesrag.corpus import load_sample, read_jsonl, write_jsonl
-from archivesrag.llm import get_llm
+from archivesrag.llm import ChatReply, get_llm
 from archivesrag.pipeline import main
-from archivesrag.queries import (FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, QUERY_PROMPT, gen_query_cli, generate_queries,
-                                 load_sample_queries)
+from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, QUERY_PROMPT, generate_queries, load_sample_queries
+from helpers import run_cli
 
 SECRET = "sk-test-NEVER-IN-OUTPUT-0123456789"
+PARROT = "What happens when the checksums of digitised map files fail the quarterly fixity audit?"  # example 2, reworded
 
 
 # ---------------------------------------------------------------- a scripted OpenAI-compatible server
@@ -27,7 +28,9 @@ class _Handler(BaseHTTPRequestHandler):
     """POST /v1/chat/completions. The reply depends on a marker in the passage (the last user message):
     BADJSON -> not JSON, EMPTY -> empty content, NOKEY -> JSON without 'query', else a unique good query."""
     delay = 0.0
+    broken = False  # every reply is invalid JSON (a server with the wrong model behind it)
     seen_auth = []
+    max_tokens_seen = []
 
     def log_message(self, *a): pass
 
@@ -35,7 +38,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen_auth.append(self.headers.get("Authorization", ""))
         text = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
-        if "BADJSON" in text: content = "Sure! The query is about archives."
+        type(self).max_tokens_seen.append((text, body.get("max_tokens")))
+        finish = "stop"
+        if type(self).broken or "BADJSON" in text: content = "Sure! The query is about archives."
+        elif "ENDLESS" in text or ("LONG" in text and body.get("max_tokens", 0) < 150):
+            content, finish = '{"query": "Which disposal approvals cover the', "length"
+        elif "PARROT" in text: content = json.dumps({"query": PARROT})
         elif "EMPTY" in text: content = ""
         elif "NOKEY" in text: content = '{"question": "Which records were destroyed?"}'
         else:
@@ -45,7 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
             content = json.dumps({"query": f"Which disposal approvals cover {' '.join(h[i:i + 5] for i in range(0, 25, 5))}?"})
         time.sleep(self.delay)
         out = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": "stop",
+                          "choices": [{"index": 0, "finish_reason": finish,
                                        "message": {"role": "assistant", "content": content}}],
                           "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}}).encode()
         self.send_response(200)
@@ -97,13 +105,12 @@ def test_malformed_replies_end_in_failures_file(fake_server, tmp_path, monkeypat
         assert SECRET not in f.read_text()
     assert SECRET not in printed.out + printed.err
 
-    # rerun: everything is done (failures included) ... unless asked to retry them
+    # rerun: the 3 done are skipped, the 3 failed are tried again (and fail again: not one new query -> exit 1)
     assert main(["gen-query", "--input_file", str(corpus), "--output_file", str(out), "--failures_file", str(fail),
-                 "--base_url", fake_server, "--model", "fake"]) == 0
-    assert "6 skipped" in capsys.readouterr().out and len(read_jsonl(out)) == 3
-    s = generate_queries(corpus, out, llm=get_llm(base_url=fake_server, model="fake"), failures_file=fail,
-                         retry_failed=True, verbose=False)
-    assert s["skipped"] == 3 and s["failed"] == 3 and len(read_jsonl(fail)) == 3
+                 "--base_url", fake_server, "--model", "fake"]) == 1
+    printed = capsys.readouterr()
+    assert "3 skipped" in printed.out and "3 failed" in printed.out and "no query was written" in printed.err
+    assert len(read_jsonl(out)) == 3 and sorted(r["id"] for r in read_jsonl(fail)) == ["P001#0", "P003#0", "P004#0"]
 
 
 def test_filters_duplicates_and_seed_input(fake_server, tmp_path, monkeypatch):
@@ -136,17 +143,122 @@ def test_queries_per_passage_and_resume(fake_server, tmp_path, monkeypatch):
 
 
 def test_cli_help_and_bad_input(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        gen_query_cli(["--help"])
-    help_text = capsys.readouterr().out
-    for flag in ["--input_file", "--output_file", "--backend", "--model", "--base_url", "--concurrency",
-                 "--queries_per_passage", "--prompt_file", "--failures_file", "--limit"]:
-        assert flag in help_text
+    r = run_cli("gen-query", "--help")
+    assert r.returncode == 0
+    for flag in ["--input_file", "--output_file", "--backend", "--model", "--base_url", "--concurrency", "--timeout",
+                 "--queries_per_passage", "--prompt_file", "--failures_file", "--limit", "--max_tokens",
+                 "--temperature", "--seed", "--max_passage_words", "--retry_failed", "--min_words", "--max_copy"]:
+        assert flag in r.stdout or flag.replace("_", "-") in r.stdout, flag  # the parser may print either spelling
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": "trunc\n')
     assert main(["gen-query", "--input_file", str(bad), "--output_file", str(tmp_path / "q.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.jsonl:2" in err
+
+
+# ---------------------------------------------------------------- issue 13: the edges of gen-query
+def _gen(corpus, out, *extra, **kw):
+    "`archivesrag gen-query` in a fresh process, as a user runs it."
+    r = run_cli("gen-query", "--input_file", corpus, "--output_file", out, *extra, **kw)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def test_nothing_written_exits_non_zero_and_a_rerun_retries_the_failures(fake_server, tmp_path):
+    corpus, out = _corpus(tmp_path / "corpus.jsonl", 3), tmp_path / "q.jsonl"
+    _Handler.broken = True
+    try: r = _gen(corpus, out, "--base_url", fake_server, "--model", "fake")
+    finally: _Handler.broken = False
+    assert r.returncode == 1 and "0 done" in r.stdout and "3 failed" in r.stdout  # the summary, then the error
+    assert r.stderr.strip().splitlines()[-1].startswith("archivesrag gen-query: error: no query was written")
+    assert len(read_jsonl(tmp_path / "q.failures.jsonl")) == 3
+    r = _gen(corpus, out, "--base_url", fake_server, "--model", "fake")  # the server works again
+    assert r.returncode == 0 and "3 done (incl. 3 that failed before)" in r.stdout and "0 skipped" in r.stdout
+    assert sorted(x["id"] for x in read_jsonl(out)) == ["P000#0", "P001#0", "P002#0"]
+    assert (tmp_path / "q.failures.jsonl").read_text() == ""  # only what still fails is listed
+    r = _gen(corpus, out, "--base_url", fake_server, "--model", "fake")
+    assert r.returncode == 0 and "3 skipped" in r.stdout
+
+
+def test_dead_server_and_timeout_flag(fake_server, tmp_path):
+    corpus = _corpus(tmp_path / "corpus.jsonl", 1)
+    _Handler.delay = 3.0
+    try: r = _gen(corpus, tmp_path / "q.jsonl", "--base_url", fake_server, "--model", "fake", "--timeout", "0.5")
+    finally: _Handler.delay = 0.0
+    assert r.returncode == 1 and "1 failed" in r.stdout
+    assert "Timeout" in read_jsonl(tmp_path / "q.failures.jsonl")[0]["reason"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--limit", "0"], "--limit must be at least 1 (got 0)"),
+    (["--limit", "-1"], "--limit must be at least 1 (got -1)"),
+    (["--prompt_file", "latin1.txt"], "latin1.txt:1: not UTF-8 text"),
+    (["--failures_file", "q.jsonl"], "--failures_file must differ"),
+])
+def test_bad_flags_get_one_line(fake_server, tmp_path, args, message):
+    corpus = _corpus(tmp_path / "corpus.jsonl", 2)
+    (tmp_path / "latin1.txt").write_bytes("Write a query for this r\u00e9sum\u00e9: {text}".encode("latin-1"))
+    r = _gen(corpus, "q.jsonl", "--base_url", fake_server, "--model", "fake", *args, cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("archivesrag gen-query: error: ") and message in r.stderr
+    assert not (tmp_path / "q.jsonl").exists() or (tmp_path / "q.jsonl").read_text() == ""
+
+
+def test_output_equal_to_input_is_refused(fake_server, tmp_path):
+    corpus = _corpus(tmp_path / "corpus.jsonl", 2)
+    before = corpus.read_bytes()
+    r = _gen(corpus, corpus, "--base_url", fake_server, "--model", "fake")
+    assert r.returncode == 2 and "--output_file is the input file" in r.stderr
+    assert corpus.read_bytes() == before
+
+
+def test_two_runs_on_one_output_the_second_stops(fake_server, tmp_path):
+    n = 20
+    corpus, out = _corpus(tmp_path / "corpus.jsonl", n), tmp_path / "q.jsonl"
+    cmd = [sys.executable, "-c", "import sys; from archivesrag.pipeline import main; sys.exit(main())", "gen-query",
+           "--input_file", str(corpus), "--output_file", str(out), "--base_url", fake_server, "--model", "fake",
+           "--concurrency", "1"]
+    _Handler.delay = 1.0  # slow replies: the first run is still busy (>= 18 s) while the second one starts
+    try:
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
+            time.sleep(0.05)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # while the first still runs
+        assert first.poll() is None, "the first run ended too early for this test"
+        _Handler.delay = 0.0
+        first_out, first_err = first.communicate(timeout=300)
+    finally:
+        _Handler.delay = 0.0
+    assert second.returncode == 2 and "another run is writing this file" in second.stderr
+    assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    assert first.returncode == 0, first_err
+    assert sorted(r["id"] for r in read_jsonl(out)) == [f"P{i:03d}#0" for i in range(n)]  # each passage once
+    assert not Path(str(out) + ".lock").exists()
+
+
+def test_copies_of_the_prompt_examples_are_filtered(fake_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    corpus = _corpus(tmp_path / "corpus.jsonl", 3, {1: "PARROT"})
+    s = generate_queries(corpus, tmp_path / "q.jsonl", llm=get_llm(base_url=fake_server, model="fake"),
+                         prompt=FEW_SHOT_PROMPT, examples=FEW_SHOT_EXAMPLES, verbose=False)
+    assert s["done"] == 2 and s["filtered_by"] == {"example_copy": 1} and s["retried"] == 1
+    assert read_jsonl(tmp_path / "q.failures.jsonl")[0]["reason"] == "filtered: example_copy"
+
+
+@pytest.mark.skipif(not hasattr(ChatReply(), "finish_reason"),
+                    reason="needs ChatReply.finish_reason from the llm branch (not merged on this branch yet)")
+def test_reply_cut_at_the_token_limit_is_retried_with_twice_the_limit(fake_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    corpus = _corpus(tmp_path / "corpus.jsonl", 3, {0: "LONG", 1: "ENDLESS"})
+    _Handler.max_tokens_seen.clear()
+    s = generate_queries(corpus, tmp_path / "q.jsonl", llm=get_llm(base_url=fake_server, model="fake"),
+                         max_tokens=96, verbose=False)
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "q.jsonl")) == ["P000#0", "P002#0"]
+    assert sorted(m for t, m in _Handler.max_tokens_seen if "LONG" in t) == [96, 192]
+    assert sorted(m for t, m in _Handler.max_tokens_seen if "ENDLESS" in t) == [96, 192]  # once, then recorded
+    fail = read_jsonl(tmp_path / "q.failures.jsonl")
+    assert [f["id"] for f in fail] == ["P001#0"] and "length" in fail[0]["reason"] and s["failed"] == 1
 
 
 # ---------------------------------------------------------------- SIGKILL midway, rerun, every passage exactly once
