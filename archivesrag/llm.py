@@ -15,26 +15,34 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .corpus import InputError
 from .models import FULL_MODELS, bundled_gguf_path, is_offline
 
 # %% auto #0
-__all__ = ['PRICES_PER_MTOK', 'BACKENDS', 'ChatReply', 'scrub', 'LLM', 'extract_json', 'LocalLLM', 'OpenAILLM', 'VLLMLLM',
-           'default_backend', 'get_llm']
+__all__ = ['LLM_THREADS_ENV', 'PRICES_PER_MTOK', 'BACKENDS', 'ChatReply', 'cut_reply', 'scrub', 'LLM', 'extract_json',
+           'llm_threads', 'LocalLLM', 'OpenAILLM', 'VLLMLLM', 'default_backend', 'get_llm']
 
 # %% ../nbs/00b_llm.ipynb #c008
 @dataclass
 class ChatReply:
-    "One model reply: its `text`, or an `error` saying why there is none, and the tokens it used."
+    "One model reply: its `text`, or an `error` saying why there is none, the tokens it used and why it stopped."
     text: str = ""
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop", "length" (cut by max_tokens), ... as the backend reported it
 
     @property
     def ok(self) -> bool: return self.error is None
+
+def cut_reply(reply: ChatReply, max_tokens: int) -> ChatReply:
+    "A reply that stopped at the token limit (`finish_reason == 'length'`) becomes a failure; its text is kept."
+    if reply.error is None and reply.finish_reason == "length":
+        reply.error = f"cut by the token limit (max_tokens={max_tokens})"
+    return reply
 
 # %% ../nbs/00b_llm.ipynb #c010
 _SECRET_RE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
@@ -75,14 +83,17 @@ class LLM:
     def _safe_one(self, messages, **kw) -> ChatReply:
         try: r = self._chat_one(messages, **kw)
         except Exception as e: r = ChatReply(error=scrub(f"{type(e).__name__}: {e}".splitlines()[0][:500]))
-        return self._record(r)
+        return self._record(cut_reply(r, kw["max_tokens"]))
 
     def _chat_one(self, messages: list[dict], **kw) -> ChatReply: raise NotImplementedError
 
     def chat(self, conversations: list[list[dict]], max_tokens: int = 256, temperature: float = 0.0,
-             json_schema: dict | None = None, seed: int | None = None, progress: bool = False) -> list[ChatReply]:
-        "One `ChatReply` per conversation, in order; failures come back as replies with `error` set."
-        kw = dict(max_tokens=max_tokens, temperature=temperature, json_schema=json_schema, seed=seed)
+             json_schema: dict | None = None, seed: int | None = None, progress: bool = False,
+             top_p: float | None = None, stop: list[str] | None = None,
+             repeat_penalty: float | None = None) -> list[ChatReply]:
+        "One `ChatReply` per conversation, in order; failures (a reply cut by `max_tokens` too) come back with `error` set."
+        kw = dict(max_tokens=max_tokens, temperature=temperature, json_schema=json_schema, seed=seed, top_p=top_p,
+                  stop=stop, repeat_penalty=repeat_penalty)
         bar = tqdm(total=len(conversations), desc=f"chat ({self.name})", disable=not progress)
         def one(msgs):
             r = self._safe_one(msgs, **kw); bar.update(1); return r
@@ -98,7 +109,7 @@ def extract_json(text: str | None) -> dict | None:
     "The first JSON object in `text` (code fences and chatter around it allowed), or None."
     if not text: return None
     text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
-    dec = json.JSONDecoder()
+    dec = json.JSONDecoder(strict=False)  # a raw newline inside a string: llama.cpp's grammar allows it
     for m in re.finditer(r"\{", text):
         try: obj, _ = dec.raw_decode(text, m.start())
         except json.JSONDecodeError: continue
@@ -106,6 +117,19 @@ def extract_json(text: str | None) -> dict | None:
     return None
 
 # %% ../nbs/00b_llm.ipynb #c015
+LLM_THREADS_ENV = "ARCHIVESRAG_LLM_THREADS"
+"Environment variable: llama.cpp threads for the local backend (default: half the logical cores, at most 4)."
+
+def llm_threads(n_threads: int | None = None) -> int:
+    "Threads for llama.cpp: `n_threads`, else `$ARCHIVESRAG_LLM_THREADS`, else half the logical cores (1-4)."
+    if n_threads is None and os.environ.get(LLM_THREADS_ENV, "").strip():
+        raw = os.environ[LLM_THREADS_ENV].strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise InputError(f"{LLM_THREADS_ENV}={raw!r}: give a positive whole number of threads, e.g. 2")
+        n_threads = int(raw)
+    if n_threads is not None and int(n_threads) < 1: raise InputError(f"n_threads must be at least 1, not {n_threads}")
+    return int(n_threads) if n_threads else max(1, min(4, (os.cpu_count() or 2) // 2))
+
 class LocalLLM(LLM):
     "llama-cpp-python in-process; default model: the bundled SmolLM2-135M-Instruct GGUF."
     def __init__(self, model: str | None = None, n_ctx: int = 4096, n_threads: int | None = None,
@@ -113,14 +137,14 @@ class LocalLLM(LLM):
         super().__init__()
         from llama_cpp import Llama
         path = Path(model).expanduser() if model else bundled_gguf_path()
+        self.n_threads = llm_threads(n_threads)
+        kwargs.setdefault("n_threads_batch", self.n_threads)  # prompt evaluation: same rule
         if path.exists():
-            n_threads = n_threads or max(1, min(4, (os.cpu_count() or 2) // 2))
-            kwargs.setdefault("n_threads_batch", n_threads)  # prompt evaluation: same rule
-            self._llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 4096), n_threads=n_threads, seed=seed,
+            self._llm = Llama(model_path=str(path), n_ctx=max(n_ctx, 4096), n_threads=self.n_threads, seed=seed,
                               verbose=False, **kwargs)
         elif model and "/" in model and not is_offline():  # a Hub repo id: "owner/repo" (+ filename=... glob)
             self._llm = Llama.from_pretrained(repo_id=model, filename=kwargs.pop("filename", "*Q4_K_M.gguf"),
-                                              n_ctx=max(n_ctx, 4096), n_threads=n_threads, verbose=False, **kwargs)
+                                              n_ctx=max(n_ctx, 4096), n_threads=self.n_threads, verbose=False, **kwargs)
         else: raise InputError(f"{model}: no such GGUF file (the local backend needs a .gguf path)")
         self.name = f"local:{path.name if path.exists() else model}"
 
@@ -130,31 +154,25 @@ class LocalLLM(LLM):
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def _chat_one(self, messages, max_tokens=256, temperature=0.0, json_schema=None, seed=None) -> ChatReply:
+    def _chat_one(self, messages, max_tokens=256, temperature=0.0, json_schema=None, seed=None, top_p=None,
+                  stop=None, repeat_penalty=None) -> ChatReply:
         kw = dict(messages=messages, max_tokens=max_tokens, temperature=temperature)
-        if seed is not None: kw["seed"] = seed
+        for k, v in dict(seed=seed, top_p=top_p, stop=stop, repeat_penalty=repeat_penalty).items():
+            if v is not None: kw[k] = v
         if json_schema is not None: kw["response_format"] = {"type": "json_object", "schema": json_schema}
         with self._lock:  # not thread-safe
             n = sum(self.count_tokens(m.get("content") or "") for m in messages)
             if n + max_tokens > self.context_window:
                 return ChatReply(error=f"prompt too long: ~{n} tokens + {max_tokens} > context window {self.context_window}")
             out = self._llm.create_chat_completion(**kw)
-        u = out.get("usage") or {}
-        return ChatReply(text=out["choices"][0]["message"].get("content") or "",
+        u, choice = out.get("usage") or {}, out["choices"][0]
+        return ChatReply(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
                          prompt_tokens=u.get("prompt_tokens", 0), completion_tokens=u.get("completion_tokens", 0))
 
 # %% ../nbs/00b_llm.ipynb #c017
 PRICES_PER_MTOK = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),
                    "gpt-4.1-mini": (0.40, 1.60)}
 "USD per million (prompt, completion) tokens, list prices when written; used only for the printed estimate."
-
-_FORMATS = ("json_schema", "json_object", "none")
-
-def _format_rejected(e) -> bool:
-    "Does this API error say the server does not support the `response_format` we sent?"
-    msg = str(getattr(e, "message", "")) + str(getattr(e, "body", ""))
-    return getattr(e, "status_code", 0) in (400, 422, 500) and any(
-        w in msg for w in ("response_format", "json_schema", "json_object", "literal_error"))
 
 class OpenAILLM(LLM):
     "The official `openai` client against api.openai.com or any OpenAI-compatible `base_url`."
@@ -165,11 +183,14 @@ class OpenAILLM(LLM):
         key = os.environ.get("OPENAI_API_KEY")
         if not key and not base_url:
             raise InputError("the openai backend needs OPENAI_API_KEY in the environment (or --base_url for a local server)")
+        if timeout is None or float(timeout) <= 0: raise InputError(f"timeout must be a positive number of seconds, not {timeout}")
+        if int(max_retries) < 0: raise InputError(f"max_retries must be 0 or more, not {max_retries}")
         self.model = model or FULL_MODELS["query_llm"]
-        self.base_url = base_url
-        self.client = OpenAI(api_key=key or "not-needed", base_url=base_url, max_retries=max_retries, timeout=timeout, **kwargs)
+        self.base_url, self.max_retries, self.timeout = base_url, int(max_retries), float(timeout)
+        self.client = OpenAI(api_key=key or "not-needed", base_url=base_url, max_retries=self.max_retries,
+                             timeout=self.timeout, **kwargs)
         self.concurrency = max(1, int(concurrency))
-        self._format, self._confirmed = 0, False  # index into _FORMATS: the first dialect that worked
+        self._format = 0  # index into _FORMATS: the first structured-output dialect the server accepted
         self._context_window = context_window
         self.name = f"openai:{self.model}" + (f"@{base_url}" if base_url else "")
 
@@ -178,52 +199,74 @@ class OpenAILLM(LLM):
         if self._context_window: return self._context_window
         return 128000 if self.model.startswith(("gpt-4o", "gpt-4.1", "o1", "o3", "o4")) else 8192
 
-    def count_tokens(self, text: str) -> int:
-        try: import tiktoken
-        except ImportError: return max(1, len(text) // 4)  # approximation: ~4 characters per token in English
-        try: enc = tiktoken.encoding_for_model(self.model)
-        except KeyError: enc = tiktoken.get_encoding("o200k_base")
-        return len(enc.encode(text))
+# %% ../nbs/00b_llm.ipynb #c017c
+@patch
+def count_tokens(self: OpenAILLM, text: str) -> int:
+    try: import tiktoken
+    except ImportError: return max(1, len(text) // 4)  # approximation: ~4 characters per token in English
+    try: enc = tiktoken.encoding_for_model(self.model)
+    except KeyError: enc = tiktoken.get_encoding("o200k_base")
+    return len(enc.encode(text))
 
-    def _response_format(self, schema, fmt):
-        if schema is None or _FORMATS[fmt] == "none": return None
-        if _FORMATS[fmt] == "json_schema":
-            return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
-        return {"type": "json_object", "schema": schema}
+# %% ../nbs/00b_llm.ipynb #c017f
+_FORMATS = ("json_schema", "json_object", "none")
 
-    def _chat_one(self, messages, max_tokens=256, temperature=0.0, json_schema=None, seed=None) -> ChatReply:
-        import openai
-        fmt = self._format
-        while True:
-            kw = dict(model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature)
-            if seed is not None: kw["seed"] = seed
-            rf = self._response_format(json_schema, fmt)
-            if rf: kw["response_format"] = rf
-            # until a dialect has worked once, do not let the client retry a rejection with backoff
-            client = self.client if (self._confirmed or not rf) else self.client.with_options(max_retries=0)
-            try: out = client.chat.completions.create(**kw)
-            except openai.APIStatusError as e:
-                # a server that does not speak this structured-output dialect says so in a 400, 422 or (llama.cpp's
-                # server) a 500 that names `response_format`: try the next dialect
-                if not rf or fmt + 1 >= len(_FORMATS) or not _format_rejected(e): raise
-                fmt += 1; continue
-            if rf:
-                with self._lock: self._format, self._confirmed = max(self._format, fmt), True
-            break
-        u = out.usage
-        choice = out.choices[0] if out.choices else None
-        text = (choice.message.content or "") if choice else ""
-        err = None
-        if choice is None: err = "no choices in the reply"
-        elif getattr(choice.message, "refusal", None): err = f"refusal: {choice.message.refusal}"
-        return ChatReply(text=text, error=err, prompt_tokens=getattr(u, "prompt_tokens", 0) or 0,
-                         completion_tokens=getattr(u, "completion_tokens", 0) or 0)
+def _format_rejected(e) -> bool:
+    "Does this API error say the server does not support the `response_format` we sent?"
+    msg = str(getattr(e, "message", "")) + str(getattr(e, "body", ""))
+    return getattr(e, "status_code", 0) in (400, 422, 500) and any(
+        w in msg for w in ("response_format", "json_schema", "json_object", "literal_error"))
 
-    def estimated_cost(self) -> float | None:
-        "Estimated USD cost of the tokens used so far (None for models without a known price, e.g. local servers)."
-        price = PRICES_PER_MTOK.get(self.model)
-        if price is None or self.base_url: return None
-        return (self._usage["prompt_tokens"] * price[0] + self._usage["completion_tokens"] * price[1]) / 1e6
+def _response_format(schema: dict | None, fmt: int) -> dict | None:
+    "`response_format` for `schema` in dialect `_FORMATS[fmt]` (None: plain text)."
+    if schema is None or _FORMATS[fmt] == "none": return None
+    if _FORMATS[fmt] == "json_schema": return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    return {"type": "json_object", "schema": schema}
+
+def _request(model, messages, max_tokens, temperature, seed, top_p, stop, repeat_penalty) -> dict:
+    "Keyword arguments of `chat.completions.create`; `None` settings are left to the server."
+    kw = dict(model=model, messages=messages, max_tokens=max_tokens, temperature=temperature)
+    for k, v in dict(seed=seed, top_p=top_p, stop=stop).items():
+        if v is not None: kw[k] = v
+    if repeat_penalty is not None: kw["extra_body"] = {"repeat_penalty": repeat_penalty, "repetition_penalty": repeat_penalty}
+    return kw
+
+# %% ../nbs/00b_llm.ipynb #c017h
+@patch
+def _chat_one(self: OpenAILLM, messages, max_tokens=256, temperature=0.0, json_schema=None, seed=None, top_p=None,
+              stop=None, repeat_penalty=None) -> ChatReply:
+    import openai
+    fmt = self._format
+    while True:
+        kw = _request(self.model, messages, max_tokens, temperature, seed, top_p, stop, repeat_penalty)
+        rf = _response_format(json_schema, fmt)
+        if rf: kw["response_format"] = rf
+        try: out = self.client.chat.completions.create(**kw)  # the client retries with backoff
+        except openai.APIStatusError as e:
+            if not rf or fmt + 1 >= len(_FORMATS) or not _format_rejected(e): raise
+            fmt += 1; continue  # this server does not speak this structured-output dialect: try the next
+        except (openai.APIConnectionError, openai.APITimeoutError) as e:  # (a timeout is a connection error)
+            where = self.base_url or "api.openai.com"
+            return ChatReply(error=f"{type(e).__name__}: {e} ({where}, after {self.max_retries} retries, "
+                                   f"timeout {self.timeout:g} s per request)")
+        if rf:
+            with self._lock: self._format = max(self._format, fmt)
+        break
+    u, choice = out.usage, (out.choices[0] if out.choices else None)
+    text = (choice.message.content or "") if choice else ""
+    err = None
+    if choice is None: err = "no choices in the reply"
+    elif getattr(choice.message, "refusal", None): err = f"refusal: {choice.message.refusal}"
+    return ChatReply(text=text, error=err, finish_reason=getattr(choice, "finish_reason", None),
+                     prompt_tokens=getattr(u, "prompt_tokens", 0) or 0, completion_tokens=getattr(u, "completion_tokens", 0) or 0)
+
+# %% ../nbs/00b_llm.ipynb #c017l
+@patch
+def estimated_cost(self: OpenAILLM) -> float | None:
+    "Estimated USD cost of the tokens used so far (None for models without a known price, e.g. local servers)."
+    price = PRICES_PER_MTOK.get(self.model)
+    if price is None or self.base_url: return None
+    return (self._usage["prompt_tokens"] * price[0] + self._usage["completion_tokens"] * price[1]) / 1e6
 
 # %% ../nbs/00b_llm.ipynb #c019
 class VLLMLLM(LLM):
@@ -243,9 +286,10 @@ class VLLMLLM(LLM):
 
     def count_tokens(self, text: str) -> int: return len(self._tok.encode(text, add_special_tokens=False))
 
-    def _params(self, max_tokens, temperature, json_schema, seed):
+    def _params(self, max_tokens, temperature, json_schema, seed, top_p=None, stop=None, repeat_penalty=None):
         from vllm import SamplingParams
-        kw = dict(max_tokens=max_tokens, temperature=temperature, seed=seed)
+        kw = dict(max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=1.0 if top_p is None else top_p,
+                  stop=stop, repetition_penalty=1.0 if repeat_penalty is None else repeat_penalty)
         if json_schema is not None:
             try:
                 from vllm.sampling_params import StructuredOutputsParams
@@ -255,8 +299,9 @@ class VLLMLLM(LLM):
                 kw["guided_decoding"] = GuidedDecodingParams(json=json_schema)
         return SamplingParams(**kw)
 
-    def chat(self, conversations, max_tokens=256, temperature=0.0, json_schema=None, seed=None, progress=False):
-        params = self._params(max_tokens, temperature, json_schema, seed)
+    def chat(self, conversations, max_tokens=256, temperature=0.0, json_schema=None, seed=None, progress=False,
+             top_p=None, stop=None, repeat_penalty=None):
+        params = self._params(max_tokens, temperature, json_schema, seed, top_p, stop, repeat_penalty)
         replies, prompts, idx = [None] * len(conversations), [], []
         for i, msgs in enumerate(conversations):
             try:
@@ -271,8 +316,9 @@ class VLLMLLM(LLM):
         for i, o in zip(idx, outs):
             if o is None: replies[i] = ChatReply(error=err); continue
             c = o.outputs[0]
-            replies[i] = ChatReply(text=c.text, prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(c.token_ids))
-        return [self._record(r) for r in replies]
+            replies[i] = ChatReply(text=c.text, prompt_tokens=len(o.prompt_token_ids or []),
+                                   completion_tokens=len(c.token_ids), finish_reason=c.finish_reason)
+        return [self._record(cut_reply(r, max_tokens)) for r in replies]
 
 # %% ../nbs/00b_llm.ipynb #c021
 BACKENDS = {"openai": OpenAILLM, "vllm": VLLMLLM, "local": LocalLLM}
@@ -282,10 +328,13 @@ def default_backend(base_url: str | None = None) -> str:
     return "openai" if (os.environ.get("OPENAI_API_KEY") or base_url) else "local"
 
 def get_llm(backend: str | None = None, model: str | None = None, base_url: str | None = None,
-            concurrency: int = 4, **kwargs) -> LLM:
+            concurrency: int = 4, timeout: float | None = None, **kwargs) -> LLM:
     "An `LLM` for `backend` ('openai', 'vllm' or 'local'; None picks one, see `default_backend`)."
     backend = (backend or default_backend(base_url)).lower()
     if backend not in BACKENDS: raise InputError(f"unknown LLM backend '{backend}' (choose from {', '.join(BACKENDS)})")
-    if backend == "openai": return OpenAILLM(model=model, base_url=base_url, concurrency=concurrency, **kwargs)
+    if backend == "openai":
+        if timeout is not None: kwargs["timeout"] = timeout  # seconds per request
+        return OpenAILLM(model=model, base_url=base_url, concurrency=concurrency, **kwargs)
     if base_url: raise InputError(f"--base_url is for the openai backend (any OpenAI-compatible server), not '{backend}'")
+    if timeout is not None: raise InputError(f"--timeout is for the openai backend (a server), not '{backend}'")
     return BACKENDS[backend](model=model, **kwargs)

@@ -1,13 +1,23 @@
-"""archivesrag.llm: the local backend in-process, the openai backend through the real client against llama.cpp's server."""
-import json
+"""archivesrag.llm: the local backend in-process, the openai backend through the real client against llama.cpp's server.
+
+Nothing here depends on one build's exact completion: llama-cpp-python is compiled for the host CPU and a 135M
+model's greedy text changes with the CPU and the thread count. The tests assert what holds on every machine —
+shapes, types, that a reply under a grammar that must end is valid JSON, that a reply which cannot end within
+`max_tokens` is reported as cut. Run them at 1 and 2 threads: `ARCHIVESRAG_LLM_THREADS=1 pytest tests/test_llm.py`."""
 import socket
 
+import httpx
 import pytest
 
 from archivesrag.corpus import InputError
-from archivesrag.llm import ChatReply, LocalLLM, OpenAILLM, default_backend, extract_json, get_llm, scrub
+from archivesrag.llm import (LLM_THREADS_ENV, ChatReply, LocalLLM, OpenAILLM, cut_reply, default_backend, extract_json,
+                             get_llm, llm_threads, scrub)
 
-SCHEMA = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 200}}, "required": ["query"]}
+# maxLength bounds the reply: 40 characters are at most 240 tokens (a token is >= 1 byte, an escaped character <= 6),
+# plus the braces and the key, so max_tokens=256 cannot be reached and every reply under the grammar finishes
+SCHEMA = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 40}}, "required": ["query"]}
+# and this one cannot finish in 8 tokens, whatever the model writes: at least 300 characters inside the string
+MUST_RUN_LONG = {"type": "object", "properties": {"text": {"type": "string", "minLength": 300}}, "required": ["text"]}
 CONVS = [
     [{"role": "user", "content": "Write a search query about retention schedules for payroll records."}],
     [{"role": "user", "content": "Write a search query about fixity checks of digitised maps."}],
@@ -22,42 +32,98 @@ def local_llm():
 def test_local_backend_chat_json(local_llm):
     assert isinstance(local_llm, LocalLLM) and local_llm.name.startswith("local:")
     assert local_llm.context_window >= 4096
-    replies = local_llm.chat(CONVS, max_tokens=64, json_schema=SCHEMA, seed=0)
+    replies = local_llm.chat(CONVS, max_tokens=256, json_schema=SCHEMA, seed=0)
     assert len(replies) == 2 and all(isinstance(r, ChatReply) for r in replies)
     for r in replies:
-        assert r.error is None, r.error
-        assert isinstance(json.loads(r.text)["query"], str)  # grammar-constrained: valid JSON
-        assert r.prompt_tokens > 0 and r.completion_tokens > 0
+        assert r.error is None and r.ok and r.finish_reason == "stop", (r.error, r.text)
+        assert isinstance(extract_json(r.text)["query"], str)  # grammar-constrained and finished: JSON (raw newlines allowed)
+        assert r.prompt_tokens > 0 and 0 < r.completion_tokens < 256
     u = local_llm.usage
-    assert u["requests"] >= 2 and u["errors"] == 0 and u["prompt_tokens"] >= sum(r.prompt_tokens for r in replies)
+    assert u["requests"] >= 2 and u["prompt_tokens"] >= sum(r.prompt_tokens for r in replies)
+
+
+def test_a_reply_cut_by_the_token_limit_is_a_failure(local_llm):
+    errors = local_llm.usage["errors"]
+    r = local_llm.chat([[{"role": "user", "content": "Describe a fonds."}]], max_tokens=8, json_schema=MUST_RUN_LONG)[0]
+    assert r.finish_reason == "length" and not r.ok
+    assert r.error == "cut by the token limit (max_tokens=8)"
+    assert r.text and extract_json(r.text) is None and r.completion_tokens <= 8  # the cut text is kept, not passed as JSON
+    assert local_llm.usage["errors"] == errors + 1
+    assert cut_reply(ChatReply(text="Ten years.", finish_reason="stop"), 8).ok
+
+
+def test_local_sampling_settings(local_llm):
+    r = local_llm.chat([[{"role": "user", "content": "List three kinds of archival records, one per line."}]],
+                       max_tokens=32, temperature=0.7, top_p=0.9, stop=["\n"], repeat_penalty=1.2, seed=1)[0]
+    assert isinstance(r.text, str) and r.finish_reason in ("stop", "length")
+    assert "\n" not in r.text  # generation ends at a stop sequence, which is not part of the reply
 
 
 def test_local_failure_is_a_reply_not_an_exception(local_llm):
     too_long = [{"role": "user", "content": "fonds " * 6000}]
     bad, ok = local_llm.chat([too_long, [{"role": "user", "content": "Say OK."}]], max_tokens=4)
     assert bad.error and "context window" in bad.error and bad.text == ""
-    assert ok.error is None
+    assert isinstance(ok.text, str) and (ok.ok or ok.finish_reason == "length")
     assert local_llm.count_tokens("Port Alder building permits") > 2
+
+
+def test_thread_count_is_settable(monkeypatch):
+    monkeypatch.setenv(LLM_THREADS_ENV, "1")
+    assert llm_threads() == 1 and llm_threads(3) == 3
+    assert get_llm("local").n_threads == 1
+    monkeypatch.setenv(LLM_THREADS_ENV, "many")
+    with pytest.raises(InputError, match=LLM_THREADS_ENV):
+        get_llm("local")
+    monkeypatch.delenv(LLM_THREADS_ENV)
+    assert 1 <= llm_threads() <= 4
+    with pytest.raises(InputError, match="n_threads"):
+        llm_threads(0)
 
 
 def test_openai_backend_against_llama_server(llama_server):
     llm = get_llm(base_url=llama_server, model="smollm2", concurrency=2)  # no backend named: base_url -> openai
     assert isinstance(llm, OpenAILLM)
-    replies = llm.chat(CONVS, max_tokens=64, json_schema=SCHEMA, seed=0)
+    replies = llm.chat(CONVS, max_tokens=256, json_schema=SCHEMA, seed=0)
     for r in replies:
-        assert r.error is None, r.error
+        assert r.error is None and r.finish_reason == "stop", r.error
         assert isinstance(extract_json(r.text)["query"], str)
         assert r.prompt_tokens > 0
     assert llm.usage["requests"] == 2 and llm.usage["errors"] == 0
     assert llm.estimated_cost() is None  # a local server costs nothing we know of
-    plain = llm.chat([[{"role": "user", "content": "Say hello."}]], max_tokens=8)[0]
-    assert plain.error is None and plain.text
+    cut = llm.chat([[{"role": "user", "content": "Describe a fonds."}]], max_tokens=8, json_schema=MUST_RUN_LONG)[0]
+    assert cut.finish_reason == "length" and cut.error == "cut by the token limit (max_tokens=8)"
+    plain = llm.chat([[{"role": "user", "content": "List three kinds of records, one per line."}]], max_tokens=32,
+                     temperature=0.8, top_p=0.95, stop=["\n"], repeat_penalty=1.2, seed=0)[0]
+    assert isinstance(plain.text, str) and "\n" not in plain.text  # stop, top_p and repeat_penalty reach the server
+    assert plain.ok or plain.finish_reason == "length"
 
 
 def _closed_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_openai_retries_are_the_clients_own():
+    attempts = []
+    http = httpx.Client(event_hooks={"request": [lambda request: attempts.append(request.url)]})
+    llm = get_llm("openai", model="none", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=2, timeout=3,
+                  http_client=http)
+    r = llm.chat([[{"role": "user", "content": "Say OK."}]], max_tokens=4, json_schema=SCHEMA)[0]
+    assert len(attempts) == 3  # one request and the client's 2 retries (with backoff); no second request of ours
+    assert not r.ok and "\n" not in r.error
+    assert r.error.startswith("APIConnectionError") and "after 2 retries" in r.error and "127.0.0.1" in r.error
+
+
+def test_openai_timeout_is_an_error_not_a_hang(llama_server):
+    llm = get_llm(base_url=llama_server, model="smollm2", timeout=0.001, max_retries=1)
+    assert llm.client.timeout == 0.001
+    r = llm.chat([[{"role": "user", "content": "Write a long essay about archives."}]], max_tokens=64)[0]
+    assert not r.ok and r.error.startswith("APITimeoutError") and "timed out" in r.error and "after 1 retries" in r.error
+    with pytest.raises(InputError, match="timeout"):
+        get_llm(base_url=llama_server, timeout=0)
+    with pytest.raises(InputError, match="timeout"):
+        get_llm("local", timeout=5)
 
 
 def test_openai_errors_are_replies_and_never_show_the_key(monkeypatch, capsys):
@@ -85,9 +151,11 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijkl")
     assert default_backend() == "openai"
     assert OpenAILLM().context_window == 128000 and OpenAILLM().model == "gpt-4o"
+    assert OpenAILLM().client.max_retries == 3 and OpenAILLM(timeout=7).client.timeout == 7
 
 
 def test_extract_json():
     assert extract_json('```json\n{"query": "a"}\n```') == {"query": "a"}
     assert extract_json('Here: {"query": "b"} done') == {"query": "b"}
+    assert extract_json('{"query": "fonds\nlevel"}') == {"query": "fonds\nlevel"}  # llama.cpp's grammar allows raw newlines
     assert extract_json("[1, 2]") is None and extract_json('{"query": "cut') is None and extract_json(None) is None

