@@ -351,19 +351,25 @@ def plot_passage_lengths(ds, tokenizer=None, ax=None, max_tokens: int | None = N
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(_default_tokenizer_path())
     lengths = [len(ids) for ids in tokenizer(list(ds["text"]), add_special_tokens=False)["input_ids"]]
-    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    ax = ax or plt.subplots(figsize=(7, 3))[1]
     ax.hist(lengths, bins=30, color="#4C72B0")
-    if max_tokens: ax.axvline(max_tokens, color="crimson", ls="--", label=f"max_tokens={max_tokens}"); ax.legend()
-    ax.set(xlabel="tokens per passage", ylabel="passages", title="Passage length")
+    if max_tokens:  # labelled above the axes, where it cannot cover a bar
+        ax.axvline(max_tokens, color="crimson", ls="--")
+        ax.text(max_tokens, 1.01, f"max_tokens={max_tokens}", color="crimson", ha="right", va="bottom",
+                transform=ax.get_xaxis_transform())
+    ax.set(xlabel="tokens per passage", ylabel="passages")
+    ax.set_title("Passage length", loc="left")
     return ax
 
 def plot_passages_per(ds, column: str = "series", ax=None, top: int = 15):
-    "Horizontal bar chart: number of passages per value of `column` (e.g. series or fonds)."
+    "Horizontal bar chart: number of passages per value of `column` (e.g. series or fonds), the `top` largest."
     import matplotlib.pyplot as plt
-    counts = Counter(v or "(none)" for v in ds[column]).most_common(top)[::-1]
-    ax = ax or plt.subplots(figsize=(6, 0.3 * len(counts) + 1))[1]
+    every = Counter(v or "(none)" for v in ds[column])
+    counts = every.most_common(top)[::-1]
+    ax = ax or plt.subplots(figsize=(7, 0.3 * len(counts) + 1))[1]
     ax.barh([c for c, _ in counts], [n for _, n in counts], color="#55A868")
-    ax.set(xlabel="passages", title=f"Passages per {column}")
+    shown = f" (the {len(counts)} largest of {len(every)})" if len(every) > len(counts) else ""
+    ax.set(xlabel="passages", title=f"Passages per {column}{shown}")
     return ax
 
 # %% ../nbs/00_corpus.ipynb #c036

@@ -1,4 +1,4 @@
-"""Step 1: write a search query for every passage with an LLM — the seed's GPT-4o prompt, or a small local model — crash-safe and resumable.
+"""Step 1: write a search query for every passage with an LLM — the original recipe's GPT-4o prompt, or a small local model — crash-safe and resumable.
 
 Docs: https://archivesrag.github.io/archivesrag/queries.html.md"""
 
@@ -39,7 +39,7 @@ Please adhere to the following guidelines:
 - The "query" should be paragraph-based, in at least 10 words, understandable with some effort or ambiguity, and diverse in topic.
 - Query should be strongly related to the "positive" examples given to you.
 - Your input will be just the text which is to be considered as the positive examples."""
-"The seed's query-generation prompt, verbatim: the system message; the passage is the user message."
+"The original recipe's query-generation prompt, verbatim: the system message; the passage is the user message."
 
 # %% ../nbs/01_queries.ipynb #c010
 QUERY_SCHEMA = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 200}}, "required": ["query"]}
@@ -85,7 +85,7 @@ def build_messages(text: str, prompt: str = QUERY_PROMPT, examples: list[tuple[s
 
 # %% ../nbs/01_queries.ipynb #c020
 def default_prompt(llm: LLM) -> tuple[str, list]:
-    "The seed's prompt for capable models; the few-shot prompt for the small local one."
+    "The original recipe's prompt for capable models; the few-shot prompt for the small local one."
     return (FEW_SHOT_PROMPT, FEW_SHOT_EXAMPLES) if llm.name.startswith("local") else (QUERY_PROMPT, [])
 
 # %% ../nbs/01_queries.ipynb #c022
@@ -360,26 +360,36 @@ def load_sample_queries() -> list[dict]:
 
 # %% ../nbs/01_queries.ipynb #c038
 def plot_query_lengths(records: list[dict], ax=None):
-    "Histogram of query lengths in words."
+    "Histogram of query lengths in words, one bar per length."
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(6, 3))[1]
-    ax.hist([len(_words(r["query"])) for r in records], bins=25, color="#4C72B0")
+    ax = ax or plt.subplots(figsize=(7, 3))[1]
+    lengths = [len(_words(r["query"])) for r in records]
+    ax.hist(lengths, bins=range(min(lengths, default=0), max(lengths, default=0) + 2), color="#4C72B0")
     ax.set(xlabel="words per query", ylabel="queries", title="Query length")
     return ax
 
 def plot_copy_scores(groups: dict[str, list[float]], threshold: float = 0.6, ax=None):
-    "Histograms of copy scores (query-passage trigram overlap), one per named group, with the filter threshold."
+    "Copy scores (query-passage trigram overlap): one row of dots per named group, and the filter threshold."
     import matplotlib.pyplot as plt
-    ax = ax or plt.subplots(figsize=(6, 3))[1]
-    for name, xs in groups.items(): ax.hist(xs, bins=20, range=(0, 1), alpha=0.55, label=name, density=True)
-    ax.axvline(threshold, color="crimson", ls="--", label=f"filter > {threshold}")
-    ax.set(xlabel="copy score (share of query trigrams in the passage)", ylabel="density", title="Query–passage overlap")
-    ax.legend()
+    import numpy as np
+    names = list(groups)
+    ax = ax or plt.subplots(figsize=(7, 0.7 * len(names) + 1.2))[1]
+    rng = np.random.default_rng(0)  # vertical jitter, so that equal scores do not hide each other
+    for i, name in enumerate(names):
+        xs = np.asarray(groups[name], dtype=float)
+        ax.scatter(xs, i + rng.uniform(-0.25, 0.25, len(xs)), s=16, alpha=0.6)
+    ax.set_yticks(range(len(names)), [f"{n}\n(n={len(groups[n])})" for n in names])
+    ax.axvline(threshold, color="crimson", ls="--")
+    ax.text(threshold, 1.01, f"filter: copy > {threshold}", color="crimson", ha="center", va="bottom",
+            transform=ax.get_xaxis_transform())
+    ax.set(xlim=(-0.03, 1.03), ylim=(len(names) - 0.5, -0.5),
+           xlabel="copy score (share of query trigrams in the passage)")
+    ax.set_title("Query–passage overlap", loc="left")
     return ax
 
 # %% ../nbs/01_queries.ipynb #c041
 def gen_query_cli(
-    input_file: Annotated[str, {"opt": True, "required": True}],   # passages: a corpus.jsonl, a JSONL with 'text' (the seed's 'Original Data'), a CSV, or a folder of .txt/.md/.pdf files
+    input_file: Annotated[str, {"opt": True, "required": True}],   # passages: a corpus.jsonl, a JSONL with 'text' (the original recipe's 'Original Data'), a CSV, or a folder of .txt/.md/.pdf files
     output_file: Annotated[str, {"opt": True, "required": True}],  # queries JSONL: {id, query, positive: [passage], doc_id, title, …}; appended, resumable
     backend: Annotated[str, {"choices": ["openai", "vllm", "local"]}] = None,  # openai (api.openai.com or --base_url), vllm (GPU) or local (llama.cpp, bundled SmolLM2); default: openai if OPENAI_API_KEY is set or --base_url is given, else local
     model: str = None,              # model name (openai: gpt-4o; vllm: a Hub id) or GGUF path (local)
@@ -387,7 +397,7 @@ def gen_query_cli(
     concurrency: int = 4,           # parallel requests (openai backend)
     timeout: float = None,          # seconds to wait for one reply before it counts as failed (openai backend)
     queries_per_passage: int = 1,   # queries per passage
-    prompt_file: str = None,        # a UTF-8 prompt file: the system message, or a template with {text}; default: the seed's prompt (few-shot for the local backend)
+    prompt_file: str = None,        # a UTF-8 prompt file: the system message, or a template with {text}; default: the original recipe's prompt (few-shot for the local backend)
     failures_file: str = None,      # where failed/filtered passages go, with the reason and the raw reply [<output>.failures.jsonl]
     limit: int = None,              # only the first N passages (N >= 1)
     max_tokens: int = 96,           # max tokens per reply (a cut reply is retried once with twice as many)
