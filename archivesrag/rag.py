@@ -1,4 +1,4 @@
-"""Step 6: answer questions from retrieved archive passages — the seed's Llama 3 snippet, fixed, grounded and safe.
+"""Step 6: answer questions from retrieved archive passages — the original recipe's Llama 3 snippet, fixed, grounded and safe.
 
 Docs: https://archivesrag.github.io/archivesrag/rag.html.md"""
 
@@ -51,7 +51,7 @@ def check_question(question) -> str:
 _TAG_RE = re.compile(r"<(/?)(context|passage)\b", re.IGNORECASE)
 
 def _as_records(retrieved_documents) -> list[dict]:
-    "The seed's dict of columns (`retrieved_examples`) or a list of result dicts, as a list of dicts."
+    "The original recipe's dict of columns (`retrieved_examples`) or a list of result dicts, as a list of dicts."
     if isinstance(retrieved_documents, dict):
         cols = retrieved_documents
         n = len(cols.get("text", []))
@@ -162,7 +162,7 @@ def build_messages(question: str, retrieved_documents, k: int = 3, llm=None, max
 
 # %% ../nbs/06_rag.ipynb #c019b
 RECIPE_SAMPLING = dict(temperature=0.8, top_p=0.95, max_tokens=256)
-"The original recipe's `SamplingParams(temperature=0.8, top_p=0.95, max_tokens=256)`: vLLM and OpenAI backends."
+"The original recipe's `SamplingParams(temperature=0.8, top_p=0.95)`, plus `max_tokens=256` (vLLM's default, 16, cuts answers): vLLM and OpenAI backends."
 
 SMALL_MODEL_SAMPLING = dict(temperature=0.0, top_p=None, repeat_penalty=1.15, stop=[". ", ".\n"], max_tokens=96)
 "SmolLM2-135M: greedy, a repeat penalty against loops, one sentence (stop at its end), a short length limit."
@@ -174,7 +174,7 @@ def sampling_for(llm, plain: bool | None = None, **overrides) -> dict:
 
 # %% ../nbs/06_rag.ipynb #c020
 def get_rag_llm(backend: str | None = None, model: str | None = None, base_url: str | None = None, **kwargs):
-    "An LLM for answering: `archivesrag.llm.get_llm`, with Llama 3 Instruct as the vLLM default (the seed's)."
+    "An LLM for answering: `archivesrag.llm.get_llm`, with Llama 3 8B Instruct as the vLLM default (the original recipe names Llama 3, not a checkpoint)."
     from archivesrag.llm import get_llm
     if backend == "vllm" and model is None: model = FULL_MODELS["rag_llm"]
     return get_llm(backend=backend, model=model, base_url=base_url, **kwargs)
