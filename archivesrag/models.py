@@ -100,14 +100,6 @@ def _on_hub(name: str) -> bool:
     except Exception: return True   # network trouble: let the loader report it
 
 # %% ../nbs/00a_models.ipynb #c007b
-def _local_model(name: str) -> str:
-    "The absolute path of a local model folder (an index records it, so it must not depend on the working directory)."
-    from archivesrag.corpus import InputError
-    p = Path(name).expanduser().resolve()
-    if not p.is_dir() or not ((p / "config.json").exists() or (p / "modules.json").exists()):
-        raise InputError(f"{name}: not a model folder (a model folder has config.json or modules.json)")
-    return str(p)
-
 def resolve_embedder(name: str | None = None, offline: bool | None = None, role: str = "base_embedder") -> str:
     "A loadable embedder: an absolute local folder, a Hub id, or the bundled MiniLM in place of the seed's models offline."
     from archivesrag.corpus import InputError
@@ -115,7 +107,7 @@ def resolve_embedder(name: str | None = None, offline: bool | None = None, role:
     if name is None: return str(bundled_embedder_path()) if offline else FULL_MODELS[role]
     name = str(name)
     if name.lower() in MINILM_ALIASES: return str(bundled_embedder_path())
-    if Path(name).expanduser().exists(): return _local_model(name)
+    if Path(name).expanduser().exists(): return str(Path(name).expanduser().resolve())  # an index records it
     if _looks_like_path(name): raise InputError(f"{name}: no such model folder (check the path)")
     if offline and not _in_hf_cache(name):
         if name in FULL_MODELS.values():   # the seed's own models: the bundled one stands in, and we say so

@@ -37,14 +37,6 @@ def test_mistyped_local_path_is_an_error_naming_it(name, tmp_path, monkeypatch):
             resolve_embedder(name, offline=offline)
 
 
-def test_folder_without_a_model_is_an_error(tmp_path):
-    (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(InputError, match="not a model folder"):
-        resolve_embedder(str(tmp_path))
-    with pytest.raises(InputError, match="not a model folder"):
-        resolve_embedder(str(tmp_path / "notes.txt"))
-
-
 def test_local_folders_come_back_absolute(tmp_path, monkeypatch):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
