@@ -32,6 +32,8 @@ def _usage() -> str:
 def parse_flags(func, argv: list[str], prog: str) -> dict:
     "Parse `argv` into `func`'s keyword arguments. The flags come from its signature and docments (fastcore's `anno_parser`)."
     from fastcore.script import anno_parser
+    # fastcore spells `input_file` as `--input-file`; the recipe's commands say `--input_file`: accept both
+    argv = [a.split("=")[0].replace("_", "-") + a[len(a.split("=")[0]):] if a.startswith("--") else a for a in argv]
     args = vars(anno_parser(func, prog=prog).parse_args(argv))
     for internal in ("pdb", "xtra"): args.pop(internal, None)  # fastcore's own debugging flags
     return args
