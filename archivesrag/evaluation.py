@@ -8,18 +8,23 @@ Docs: https://archivesrag.github.io/archivesrag/evaluation.html.md"""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import warnings
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-import bm25s
-from tqdm.auto import tqdm
+from fastcore.script import store_true
 
-from .corpus import InputError, read_jsonl
+from .corpus import InputError, load_passages, read_jsonl
+from .negatives import load_split, save_split, select_queries, split_by_document
+from .retrieval import (BM25, TEXT_FIELDS, Rankings, Retriever, bm25_search, build_bm25, model_identity,
+                                   passage_texts)
 
 METRICS = ["ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100"]
 "The metrics every table reports, in ranx's names."
@@ -32,72 +37,11 @@ def _quiet():
         yield
 
 # %% auto #0
-__all__ = ['METRICS', 'split_by_document', 'save_split', 'load_split', 'select_queries', 'read_glasgow_records',
-           'read_glasgow_qrels', 'load_glasgow', 'find_cisi', 'subsample_collection', 'BM25', 'build_bm25',
-           'bm25_search', 'bm25_run', 'dense_run', 'fuse_runs', 'tune_fusion_weight', 'evaluate_runs',
-           'evaluate_systems', 'metrics_table', 'format_table', 'plot_metrics', 'wins_losses', 'plot_wins',
-           'plot_query_scatter', 'plot_best_system', 'queries_from_records', 'tuning_half', 'evaluate', 'evaluate_cli']
-
-# %% ../nbs/04_evaluation.ipynb #c010
-def _rows(corpus) -> list[dict]:
-    "Passages as dicts with `id` and `doc_id` (a `datasets.Dataset` or a list of dicts)."
-    cols = getattr(corpus, "column_names", None)
-    if cols is not None:
-        ids = corpus["id"]
-        docs = corpus["doc_id"] if "doc_id" in cols else ids
-        return [{"id": str(i), "doc_id": str(d)} for i, d in zip(ids, docs)]
-    out = []
-    for n, r in enumerate(corpus, 1):
-        if "id" not in r: raise InputError(f"corpus record {n} has no 'id'")
-        out.append({"id": str(r["id"]), "doc_id": str(r.get("doc_id") or r["id"])})
-    return out
-
-def split_by_document(corpus, test_size: float = 0.2, seed: int = 42, val_size: float = 0.0) -> dict:
-    "Split passage ids into train/test (and optional validation) parts so that no document is on two sides."
-    if not 0 < test_size < 1 or not 0 <= val_size < 1 or test_size + val_size >= 1:
-        raise InputError(f"test_size ({test_size}) and val_size ({val_size}) must be fractions that leave a train part")
-    rows = _rows(corpus)
-    docs = sorted({r["doc_id"] for r in rows})
-    if len(docs) < 2: raise InputError(f"cannot split {len(docs)} document(s): need at least 2")
-    random.Random(seed).shuffle(docs)
-    n_test = max(1, round(len(docs) * test_size))
-    n_val = round(len(docs) * val_size) if val_size else 0
-    test_docs, val_docs = set(docs[:n_test]), set(docs[n_test:n_test + n_val])
-    part = lambda d: "test" if d in test_docs else "val" if d in val_docs else "train"
-    split = {"seed": seed, "by": "doc_id", "test_size": test_size,
-             "train_ids": [r["id"] for r in rows if part(r["doc_id"]) == "train"],
-             "test_ids": [r["id"] for r in rows if part(r["doc_id"]) == "test"],
-             "n_train_docs": len(docs) - n_test - n_val, "n_test_docs": n_test}
-    if n_val: split.update(val_size=val_size, val_ids=[r["id"] for r in rows if part(r["doc_id"]) == "val"], n_val_docs=n_val)
-    return split
-
-def save_split(split: dict, path: str | Path) -> Path:
-    "Write `split.json` (atomically)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(split, indent=1))
-    tmp_path.replace(path)
-    return path
-
-def load_split(path: str | Path) -> dict:
-    "Read `split.json`, checking that it has both parts and that no passage is on two sides."
-    path = Path(path)
-    if not path.exists(): raise InputError(f"{path}: no such split file (make one with split_by_document/save_split)")
-    try: split = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e: raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(split, dict): raise InputError(f"{path}: expected a JSON object")
-    for key in ("train_ids", "test_ids"):
-        if not isinstance(split.get(key), list): raise InputError(f"{path}: missing list '{key}'")
-    parts = [set(split["train_ids"]), set(split["test_ids"]), set(split.get("val_ids") or [])]
-    both = (parts[0] & parts[1]) | (parts[0] & parts[2]) | (parts[1] & parts[2])
-    if both: raise InputError(f"{path}: {len(both)} passage id(s) on two sides of the split, e.g. '{sorted(both)[0]}'")
-    return split
-
-def select_queries(queries: list[dict], ids) -> list[dict]:
-    "The query records whose passage `id` is in `ids` (e.g. `split['test_ids']`)."
-    ids = set(map(str, ids))
-    return [q for q in queries if str(q.get("id")) in ids]
+__all__ = ['METRICS', 'read_glasgow_records', 'read_glasgow_qrels', 'load_glasgow', 'find_cisi', 'subsample_collection', 'to_run',
+           'bm25_run', 'dense_run', 'tune_fusion_weight', 'system_runs', 'evaluate_runs', 'evaluate_systems',
+           'metrics_table', 'format_table', 'plot_metrics', 'wins_losses', 'plot_wins', 'plot_query_scatter',
+           'plot_best_system', 'queries_from_records', 'tuning_half', 'EvalSet', 'collection_set', 'archive_set',
+           'save_fusion_weight', 'tuned_fusion_weight', 'eval_systems', 'evaluate', 'evaluate_cli']
 
 # %% ../nbs/04_evaluation.ipynb #c014
 _FIELD = re.compile(r"^\.([A-Z])\s*$")
@@ -138,6 +82,7 @@ def read_glasgow_records(path: str | Path) -> list[dict]:
             r[f] = [" ".join(" ".join(lines).split()) for lines in r[f]]  # one clean string per entry
     return records
 
+# %% ../nbs/04_evaluation.ipynb #c014g
 def read_glasgow_qrels(path: str | Path, known_queries=None, known_docs=None) -> dict[str, dict[str, int]]:
     "Judgements of a `.REL` file as `{query_id: {doc_id: 1}}` (CISI style `q d 0 0.0` or TREC style `q 0 d rel`)."
     path = Path(path)
@@ -203,153 +148,71 @@ def subsample_collection(corpus, queries: dict, qrels: dict, n_queries: int = 20
     rows = [i for i, d in enumerate(corpus["id"]) if d in keep_d]
     return corpus.select(rows), {q: queries[q] for q in keep_q}, {q: qrels[q] for q in keep_q}
 
-# %% ../nbs/04_evaluation.ipynb #c025
-class BM25(bm25s.BM25):
-    "A `bm25s.BM25` that keeps its tokenisation (stopwords, stemmer) so queries are processed exactly like documents."
-    def __init__(self, *args, stopwords: str | None = "en", stemmer_language: str | None = "english", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.stopwords, self.stemmer_language = stopwords, stemmer_language
-
-    @property
-    def stemmer(self):
-        if not self.stemmer_language: return None
-        if getattr(self, "_stemmer", None) is None:
-            import Stemmer
-            self._stemmer = Stemmer.Stemmer(self.stemmer_language)
-        return self._stemmer
-
-    def tokenize(self, texts: list[str]) -> list[list[str]]:
-        "Tokens of `texts` with this index's stopwords and stemmer."
-        return bm25s.tokenize(list(texts), stopwords=self.stopwords, stemmer=self.stemmer, return_ids=False,
-                              show_progress=False)
-
-    def search(self, queries: list[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        "Top-`k` `(indices, scores)`, each `len(queries) × min(k, n_docs)`, best first (score 0 = no query word)."
-        k = max(1, min(int(k), self.scores["num_docs"]))
-        res = self.retrieve(self.tokenize(queries), k=k, show_progress=len(queries) > 1000, n_threads=1)
-        return np.asarray(res.documents), np.asarray(res.scores)
-
-    def save(self, save_dir, **kwargs):
-        "Save the index and its tokenisation settings to `save_dir`."
-        super().save(save_dir, show_progress=False, **kwargs)
-        (Path(save_dir) / "tokenization.json").write_text(json.dumps(
-            {"stopwords": self.stopwords, "stemmer_language": self.stemmer_language, "bm25s": bm25s.__version__}))
-
-    @classmethod
-    def load(cls, save_dir, **kwargs):
-        "Reload an index saved with `save` (tokenisation included)."
-        save_dir = Path(save_dir)
-        if not (save_dir / "params.index.json").exists(): raise InputError(f"{save_dir}: no BM25 index here")
-        obj = super().load(save_dir, show_progress=False, **kwargs)
-        tok = save_dir / "tokenization.json"
-        settings = json.loads(tok.read_text()) if tok.exists() else {"stopwords": "en", "stemmer_language": "english"}
-        obj.stopwords, obj.stemmer_language = settings["stopwords"], settings["stemmer_language"]
-        return obj
-
-def build_bm25(texts: list[str], stopwords: str | None = "en", stemmer: str | None = "english", **bm25_params) -> BM25:
-    "A BM25 index (bm25s, Lucene scoring) over `texts`, with English stopwords and the Snowball stemmer by default."
-    texts = list(texts)
-    if not texts: raise InputError("cannot build a BM25 index over an empty corpus")
-    bm25 = BM25(stopwords=stopwords, stemmer_language=stemmer, **bm25_params)
-    bm25.index(bm25.tokenize(texts), show_progress=len(texts) > 10_000)
-    return bm25
-
-def bm25_search(bm25, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-    "Top-`k` `(indices [nq, k], scores [nq, k])` of `queries` in `bm25` (k is capped at the number of documents)."
-    if isinstance(queries, str): queries = [queries]
-    if isinstance(bm25, BM25): return bm25.search(queries, k)
-    # a plain bm25s.BM25 (e.g. loaded by bm25s itself): tokenise as build_bm25 does by default
-    import Stemmer
-    k = max(1, min(int(k), bm25.scores["num_docs"]))
-    toks = bm25s.tokenize(list(queries), stopwords="en", stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False)
-    res = bm25.retrieve(toks, k=k, show_progress=False, n_threads=1)
-    return np.asarray(res.documents), np.asarray(res.scores)
-
 # %% ../nbs/04_evaluation.ipynb #c029
-def bm25_run(bm25, queries: dict[str, str], corpus_ids: list[str], k: int = 100) -> dict[str, dict[str, float]]:
-    "A ranx-style run `{qid: {doc_id: score}}` from BM25 (documents sharing no word with the query are left out)."
-    qids = list(queries)
-    idx, sc = bm25_search(bm25, [queries[q] for q in qids], k)
-    return {q: {corpus_ids[int(i)]: float(s) for i, s in zip(idx[n], sc[n]) if s > 0} for n, q in enumerate(qids)}
+def to_run(hits: list, ids: list[str], qids: list[str]) -> dict[str, dict[str, float]]:
+    "A ranx-style run `{qid: {doc_id: score}}`, in rank order, from `Retriever` hits (one `(rows, scores)` per query)."
+    return {q: {ids[int(r)]: float(s) for r, s in zip(rows, scores)} for q, (rows, scores) in zip(qids, hits)}
 
-def _encode_corpus(model_path: str, texts: list[str], cache_dir=None, batch_size: int = 64) -> np.ndarray:
-    try: from archivesrag.negatives import encode_cached
-    except ImportError: encode_cached = None
-    if encode_cached is not None:
-        return encode_cached(model_path, texts, cache_dir=cache_dir, batch_size=batch_size, normalize=True)
-    from archivesrag.models import load_embedder
-    emb = load_embedder(model_path).encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                           convert_to_numpy=True, show_progress_bar=len(texts) > batch_size)
-    return np.ascontiguousarray(emb, dtype=np.float32)
+def bm25_run(bm25: BM25, queries: dict[str, str], corpus_ids: list[str], k: int = 100) -> dict[str, dict[str, float]]:
+    "A run from BM25 alone (passages sharing no word with the query are left out)."
+    qids = list(queries)
+    return to_run(Retriever(None, bm25).search([queries[q] for q in qids], k, "bm25"), [str(i) for i in corpus_ids], qids)
 
 def dense_run(model_name_or_path, corpus_texts: list[str], corpus_ids: list[str], queries: dict[str, str],
               k: int = 100, query_prompt: str | None = None, cache_dir=None, batch_size: int = 64) -> dict[str, dict[str, float]]:
-    "A run `{qid: {doc_id: cosine}}` from an embedding model: cached corpus embeddings + faiss exact search."
-    import faiss
-    from archivesrag.models import load_embedder, resolve_embedder
-    path = resolve_embedder(model_name_or_path) if model_name_or_path is None or not Path(str(model_name_or_path)).exists() \
-        else str(model_name_or_path)
-    corpus_ids = [str(i) for i in corpus_ids]
-    emb = _encode_corpus(path, list(corpus_texts), cache_dir, batch_size)
-    model = load_embedder(path)
-    kw = {"prompt": query_prompt} if query_prompt else \
-         {"prompt_name": "query"} if (getattr(model, "prompts", None) or {}).get("query") else {}
+    "A run `{qid: {doc_id: cosine}}` from an embedding model: cached passage embeddings + exact faiss search."
+    r = Retriever.build(list(corpus_texts), model_name_or_path, bm25=False, cache_dir=cache_dir, batch_size=batch_size,
+                        query_prompt=query_prompt)
     qids = list(queries)
-    qemb = model.encode([queries[q] for q in qids], batch_size=batch_size, normalize_embeddings=True,
-                        convert_to_numpy=True, show_progress_bar=len(qids) > 500, **kw)
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(np.ascontiguousarray(emb, dtype=np.float32))
-    scores, rows = index.search(np.ascontiguousarray(qemb, dtype=np.float32), min(k, len(corpus_ids)))
-    return {q: {corpus_ids[int(r)]: float(s) for r, s in zip(rows[n], scores[n]) if r >= 0} for n, q in enumerate(qids)}
+    return to_run(r.search([queries[q] for q in qids], k, "dense"), [str(i) for i in corpus_ids], qids)
 
 # %% ../nbs/04_evaluation.ipynb #c031
-def _to_runs(runs):
-    from ranx import Run
-    return [r if isinstance(r, Run) else Run({q: dict(d) for q, d in r.items()}) for r in runs]
-
-def _same_queries(runs: list[dict]) -> list[dict]:
-    "Give every run the same query ids (a query one system found nothing for gets an empty list), as ranx.fuse needs."
-    qids = set().union(*[set(r) for r in runs])
-    return [{q: dict(r.get(q, {})) for q in sorted(qids)} for r in runs]
-
-def fuse_runs(runs: list[dict], method: str = "wsum", weights=None, norm: str | None = "min-max",
-              rrf_k: int = 60) -> dict[str, dict[str, float]]:
-    "Fuse runs `{qid: {doc_id: score}}` with ranx: `wsum` (weighted sum of normalised scores) or `rrf`."
-    from ranx import fuse
-    if len(runs) < 2: raise InputError("fusion needs at least two runs")
-    runs = _same_queries([r.to_dict() if hasattr(r, "to_dict") else r for r in runs])
-    with _quiet(): return _fuse(runs, method, weights, norm, rrf_k)
-
-def _fuse(runs, method, weights, norm, rrf_k):
-    from ranx import fuse
-    if method == "wsum":
-        weights = list(weights) if weights is not None else [1 / len(runs)] * len(runs)
-        if len(weights) != len(runs): raise InputError(f"{len(weights)} weights for {len(runs)} runs")
-        fused = fuse(_to_runs(runs), norm=norm, method="wsum", params={"weights": weights})
-    elif method == "rrf":
-        fused = fuse(_to_runs(runs), norm=None, method="rrf", params={"k": rrf_k})
-    else: raise InputError(f"unknown fusion method '{method}' (use 'wsum' or 'rrf')")
-    return {q: dict(d) for q, d in fused.to_dict().items()}
-
-def tune_fusion_weight(qrels: dict, runs: list[dict], metric: str = "ndcg@10", step: float = 0.1,
-                       norm: str = "min-max") -> tuple[list[float], dict[str, float]]:
-    "Best `wsum` weights for `runs` on `qrels` (validation queries only!) by grid search: `(weights, {weights: score})`."
-    from ranx import Qrels, optimize_fusion
-    qids = sorted(set(qrels))
-    runs = [{q: dict(r.get(q, {})) for q in qids} for r in runs]
-    with _quiet():
-        best, report = optimize_fusion(Qrels({q: qrels[q] for q in qids}), _to_runs(runs), norm=norm, method="wsum",
-                                       metric=metric, step=step, show_progress=False, return_optimization_report=True)
-    return [float(w) for w in best["weights"]], dict(zip(map(str, report.configs), map(float, report.results)))
+def tune_fusion_weight(retriever: Retriever, rankings: Rankings, qrels: dict, qids: list[str], ids: list[str],
+                       metric: str = "ndcg@10", step: float = 0.1) -> tuple[float, dict[float, float]]:
+    "The dense weight of `wsum` fusion scoring best on `qrels` (validation queries only!), by grid search: `(w, {w: score})`."
+    from ranx import Qrels, Run, evaluate as ranx_eval
+    keep = [n for n, q in enumerate(qids) if q in qrels]
+    if not keep: raise InputError("no tuning query has a relevance judgement")
+    sub = Rankings(*(tuple(a[keep] for a in part) for part in (rankings.dense, rankings.lexical)))
+    sq = [qids[n] for n in keep]
+    qrels_r, scores = Qrels({q: qrels[q] for q in sq}), {}
+    for w in np.round(np.arange(0, 1 + 1e-9, step), 6):
+        run = to_run(retriever.select(sub, rankings.dense[1].shape[1], "hybrid", weight=float(w)), ids, sq)
+        with _quiet(): scores[float(w)] = round(float(ranx_eval(qrels_r, Run(run), metric)), 6)
+    return max(scores, key=lambda w: (scores[w], -abs(w - 0.5))), scores  # a tie goes to the weight nearer 0.5
 
 # %% ../nbs/04_evaluation.ipynb #c035
-def _texts(corpus, text_fields=("title", "text")) -> list[str]:
-    cols = corpus.column_names if hasattr(corpus, "column_names") else list(corpus[0])
-    fields = [f for f in text_fields if f in cols]
-    if not fields: raise InputError(f"the corpus has none of the text fields {', '.join(text_fields)}")
-    columns = [corpus[f] if hasattr(corpus, "column_names") else [r.get(f) for r in corpus] for f in fields]
-    return ["\n".join(c[i] for c in columns if c[i]) for i in range(len(columns[0]))]
+def _fusion_weight(r: Retriever, rk: Rankings, tune_qrels: dict | None, given: float | None, ids, qids) -> tuple[float, str]:
+    if given is not None: return float(given), "given"
+    if tune_qrels: return tune_fusion_weight(r, rk, tune_qrels, qids, ids)[0], f"tuned on {len(tune_qrels)} validation queries"
+    return 0.5, "default (equal weights)"
 
+def system_runs(corpus, queries: dict[str, str], systems: dict[str, str], k: int = 100, hybrid: bool = True,
+                tune_qrels: dict | None = None, fusion_weight: float | None = None, text_fields=TEXT_FIELDS,
+                query_prompt: str | None = None, cache_dir=None) -> tuple[dict, dict]:
+    "`(runs, fusion)`: a run per system (and fused pair) ranked by `Retriever`, and how each fusion weight was chosen."
+    ids, texts = [str(i) for i in corpus["id"]], passage_texts(corpus, text_fields)
+    qids = list(queries); qtexts = [queries[q] for q in qids]
+    depth = max(k, 100)  # the depth `SearchIndex.search` fuses at: min-max normalisation depends on it
+    bm25_name = next((n for n, s in systems.items() if str(s).lower() == "bm25"), "BM25")
+    dense = {n: s for n, s in systems.items() if str(s).lower() != "bm25"}
+    bm25 = build_bm25(texts) if hybrid or bm25_name in systems else None
+    runs, fusion = {}, {}
+    if bm25_name in systems: runs[bm25_name] = to_run(Retriever(None, bm25).search(qtexts, k, "bm25", depth), ids, qids)
+    for name, model in dense.items():
+        r = Retriever.build(texts, model, bm25=bm25 if hybrid else False, cache_dir=cache_dir, query_prompt=query_prompt)
+        rk = r.rank(qtexts, depth)
+        runs[name] = to_run(r.select(rk, k, "dense"), ids, qids)
+        if not hybrid: continue
+        w, how = _fusion_weight(r, rk, tune_qrels, fusion_weight, ids, qids)
+        runs[f"{name}+{bm25_name}"] = to_run(r.select(rk, k, "hybrid", weight=w), ids, qids)
+        runs[f"{name}+{bm25_name} RRF"] = to_run(r.select(rk, k, "hybrid", fusion="rrf"), ids, qids)
+        fusion[f"{name}+{bm25_name}"] = {"method": "wsum", "norm": "min-max", "depth": depth, "chosen": how,
+                                         "weights": {name: round(w, 3), bm25_name: round(1 - w, 3)}}
+        fusion[f"{name}+{bm25_name} RRF"] = {"method": "rrf", "k": 60, "depth": depth}
+    return runs, fusion
+
+# %% ../nbs/04_evaluation.ipynb #c035b
 def evaluate_runs(qrels: dict, runs: dict[str, dict], metrics=METRICS) -> dict:
     "Score named runs on `qrels` with ranx: `{'systems': {name: {metric: v}}, 'per_query': {qid: {name: ndcg@10}}}`."
     from ranx import Qrels, Run, evaluate as ranx_eval
@@ -365,41 +228,22 @@ def evaluate_runs(qrels: dict, runs: dict[str, dict], metrics=METRICS) -> dict:
 
 def evaluate_systems(corpus, queries: dict[str, str], qrels: dict, systems: dict[str, str], hybrid: bool = True,
                      k: int = 100, metrics=METRICS, tune_qids=None, fusion_weight: float | None = None,
-                     text_fields=("title", "text"), query_prompt: str | None = None, cache_dir=None) -> dict:
+                     text_fields=TEXT_FIELDS, query_prompt: str | None = None, cache_dir=None, return_runs: bool = False) -> dict:
     "Runs for `systems` (`'bm25'` or an embedder) + hybrids, scored with ranx on the judged `queries` (see above)."
-    ids = [str(i) for i in corpus["id"]] if hasattr(corpus, "column_names") else [str(r["id"]) for r in corpus]
-    known = set(ids)
+    known = set(map(str, corpus["id"]))
     qrels = {str(q): {str(d): r for d, r in j.items() if str(d) in known} for q, j in qrels.items()}
     qrels = {q: j for q, j in qrels.items() if j and q in queries}
     if not qrels: raise InputError("no query has a relevance judgement for a passage in this corpus")
-    queries = {q: queries[q] for q in qrels}
-    texts = _texts(corpus, text_fields)
-    runs, bm25 = {}, None
-    dense_names = [n for n, s in systems.items() if str(s).lower() != "bm25"]
-    need_bm25 = any(str(s).lower() == "bm25" for s in systems.values()) or (hybrid and dense_names)
-    bm25_name = next((n for n, s in systems.items() if str(s).lower() == "bm25"), "BM25")
-    if need_bm25:
-        bm25 = build_bm25(texts)
-        runs[bm25_name] = bm25_run(bm25, queries, ids, k)
-    for name in tqdm(dense_names, desc="dense systems", disable=len(dense_names) < 2):
-        runs[name] = dense_run(systems[name], texts, ids, queries, k=k, query_prompt=query_prompt, cache_dir=cache_dir)
     tune = sorted(set(map(str, tune_qids or [])) & set(qrels))
     report_qrels = {q: j for q, j in qrels.items() if q not in set(tune)}
     if not report_qrels: raise InputError("every judged query is a tuning query: nothing left to report on")
-    fusion = {}
-    if hybrid and dense_names:
-        for name in dense_names:
-            pair = [runs[name], runs[bm25_name]]
-            if fusion_weight is not None: w, how = [fusion_weight, 1 - fusion_weight], "given"
-            elif tune: w, how = tune_fusion_weight({q: qrels[q] for q in tune}, pair)[0], f"tuned on {len(tune)} validation queries"
-            else: w, how = [0.5, 0.5], "default (equal weights)"
-            runs[f"{name}+{bm25_name}"] = fuse_runs(pair, "wsum", weights=w)
-            runs[f"{name}+{bm25_name} RRF"] = fuse_runs(pair, "rrf")
-            fusion[f"{name}+{bm25_name}"] = {"method": "wsum", "norm": "min-max", "weights": {name: round(w[0], 3), bm25_name: round(w[1], 3)}, "chosen": how}
-            fusion[f"{name}+{bm25_name} RRF"] = {"method": "rrf", "k": 60}
+    runs, fusion = system_runs(corpus, {q: queries[q] for q in qrels}, systems, k, hybrid, {q: qrels[q] for q in tune},
+                               fusion_weight, text_fields, query_prompt, cache_dir)
     out = evaluate_runs(report_qrels, runs, metrics)
-    out.update(n_queries=len(report_qrels), n_tune_queries=len(tune), fusion=fusion, n_documents=len(ids),
-               models={n: str(s) for n, s in systems.items()})
+    weights = {n.split("+")[0]: f["weights"][n.split("+")[0]] for n, f in fusion.items() if f["method"] == "wsum"}
+    out.update(n_queries=len(report_qrels), n_tune_queries=len(tune), fusion=fusion, fusion_weight=weights,
+               n_documents=len(known), text_fields=list(text_fields), models={n: str(s) for n, s in systems.items()})
+    if return_runs: out["runs"] = runs
     return out
 
 # %% ../nbs/04_evaluation.ipynb #c036
@@ -479,13 +323,6 @@ def plot_best_system(per_query: dict, systems=None, ax=None):
     return ax
 
 # %% ../nbs/04_evaluation.ipynb #c040
-def _sample_queries() -> list[dict]:
-    try:
-        from archivesrag.queries import load_sample_queries
-        return list(load_sample_queries())
-    except (ImportError, FileNotFoundError, InputError, AttributeError):
-        return []
-
 def queries_from_records(records: list[dict], corpus, source: str = "queries") -> tuple[dict, dict, dict]:
     "`(queries {qid: text}, qrels {qid: {passage_id: 1}}, report)` from `queries.jsonl` records (`id`, `query`, `positive`)."
     ids = [str(i) for i in corpus["id"]]
@@ -516,19 +353,16 @@ def tuning_half(qids, doc_of: dict | None = None, seed: int = 42, fraction: floa
     return [q for q in qids if (doc_of or {}).get(q, q) in chosen]
 
 # %% ../nbs/04_evaluation.ipynb #c053
-def _load_passages(corpus_file):
-    "Passages from `corpus.jsonl` (records with `id` and `text`), or any archive export through `load_corpus`."
-    from datasets import Dataset
-    from archivesrag.corpus import load_corpus, load_sample
-    if corpus_file is None: return load_sample(verbose=False)
-    path = Path(corpus_file)
-    if path.suffix.lower() in {".jsonl", ".json", ".ndjson"}:
-        recs = read_jsonl(path)
-        if all("id" in r and isinstance(r.get("text"), str) for r in recs):
-            for r in recs: r.pop("_line", None); r["id"] = str(r["id"]); r["doc_id"] = str(r.get("doc_id") or r["id"]); r.setdefault("title", "")
-            keys = list(dict.fromkeys(k for r in recs for k in r))
-            return Dataset.from_list([{k: (r.get(k) if isinstance(r.get(k), (str, int, float)) or r.get(k) is None else json.dumps(r.get(k))) for k in keys} for r in recs])
-    return load_corpus(path, verbose=False)
+@dataclass
+class EvalSet:
+    "What one evaluation scores: passages, judged queries, the queries that tune the fusion weight, and a label."
+    corpus: object
+    queries: dict
+    qrels: dict
+    tune: list | None
+    label: str
+    metrics_name: str = "metrics.json"
+    info: dict = field(default_factory=dict)
 
 def _parse_collection(spec: str) -> tuple[str, Path]:
     name, sep, folder = spec.partition(":")
@@ -537,83 +371,114 @@ def _parse_collection(spec: str) -> tuple[str, Path]:
     if folder is None: raise InputError("no CISI folder: pass --collection cisi:/path/to/cisi or set ARCHIVESRAG_CISI")
     return name, Path(folder)
 
-def _write_card(model_dir: Path, results: dict, label: str):
-    table = {f"{name} ({label})": vals for name, vals in results["systems"].items()}
-    try:
-        from archivesrag.training import update_model_card_metrics
-    except ImportError: update_model_card_metrics = None
-    if update_model_card_metrics is not None: return update_model_card_metrics(model_dir, table)
-    card = model_dir / "README.md"
-    cols = list(next(iter(table.values())))
-    lines = ["## Evaluation", "", f"_{results['n_queries']} queries; written by archivesrag evaluate._", "",
-             "| system | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {s} | " + " | ".join(f"{v[c]:.3f}" for c in cols) + " |" for s, v in table.items()]
-    text = card.read_text().split("\n## Evaluation")[0].rstrip()
-    card.write_text(text + "\n\n" + "\n".join(lines) + "\n")
-    return card
+def collection_set(collection: str, seed: int = 42, tune: bool = True) -> EvalSet:
+    "A Glasgow collection (`cisi:/folder`): its human queries, half of them (seeded) tuning the fusion weight."
+    name, folder = _parse_collection(collection)
+    corpus, queries, qrels = load_glasgow(folder, prefix=name.upper())
+    return EvalSet(corpus, queries, qrels, tuning_half(qrels, seed=seed) if tune else None, name.upper(),
+                   f"metrics_{name.lower()}.json")
 
-def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_file=None, corpus_file=None,
-             output_dir="eval", collection: str | None = None, retrieval: str = "hybrid", k: int = 100,
-             extra_models: dict | None = None, fusion_weight: float | None = None, query_prompt: str | None = None,
-             test_size: float = 0.2, seed: int = 42, cache_dir=None, plots: bool = True, verbose: bool = True) -> dict:
-    "Compare BM25, the base and the fine-tuned embedder (+ hybrids) on held-out or human-judged queries; write metrics and plots."
+# %% ../nbs/04_evaluation.ipynb #c053b
+def _records(corpus_file, queries_file) -> tuple[list[dict], str]:
+    if queries_file: return read_jsonl(queries_file), str(queries_file)
+    if corpus_file is not None: raise InputError("no queries: pass --queries_file (the output of archivesrag gen-query)")
+    from archivesrag.queries import load_sample_queries
+    return list(load_sample_queries()), "sample queries"
+
+def _split(corpus, split_file, out: Path, test_size: float, seed: int, warn: bool) -> dict:
+    if split_file: split = load_split(split_file)
+    else:
+        split = split_by_document(corpus, test_size=test_size, seed=seed)
+        save_split(split, out / "split.json")
+        if warn: print(f"warning: no --split_file, so a new split was made ({out/'split.json'}); "
+                       "the fine-tuned model may have been trained on some of these test passages")
+    missing = set(split["test_ids"]) - set(map(str, corpus["id"]))
+    if missing: raise InputError(f"{split_file}: {len(missing)} test id(s) are not in the corpus, e.g. '{sorted(missing)[0]}'")
+    return split
+
+def _tuning_queries(records, split, corpus, queries, qrels, src, seed) -> list[str]:
+    "Validation queries (added to `queries`/`qrels` as `val:…`), else a seeded half of the test queries, by document."
+    if split.get("val_ids"):
+        vq, vqrels, _ = queries_from_records(select_queries(records, split["val_ids"]), corpus, src)
+        queries.update({f"val:{q}": t for q, t in vq.items()}); qrels.update({f"val:{q}": j for q, j in vqrels.items()})
+        return [f"val:{q}" for q in vqrels]
+    doc_of = dict(zip(map(str, corpus["id"]), map(str, corpus["doc_id"])))
+    return tuning_half(qrels, {q: doc_of[next(iter(j))] for q, j in qrels.items()}, seed=seed)
+
+def archive_set(corpus_file=None, queries_file=None, split_file=None, out: Path = Path("eval"), test_size: float = 0.2,
+                seed: int = 42, tune: bool = True, warn: bool = False) -> EvalSet:
+    "The archive's held-out synthetic queries (test side of the split); validation queries, or half the test ones, tune."
+    corpus = load_passages(corpus_file)
+    records, src = _records(corpus_file, queries_file)
+    split = _split(corpus, split_file, Path(out), test_size, seed, warn)
+    queries, qrels, rep = queries_from_records(select_queries(records, split["test_ids"]), corpus, src)
+    if rep.get("skipped_not_in_corpus"): print(f"{src}: skipped {rep['skipped_not_in_corpus']} held-out queries whose passage is not in the corpus")
+    if not qrels: raise InputError(f"{src}: no query belongs to a test passage of the split")
+    tune_qids = _tuning_queries(records, split, corpus, queries, qrels, src, seed) if tune else None
+    info = {"split": {k: v for k, v in split.items() if not k.endswith("_ids")}, "queries_report": rep}
+    return EvalSet(corpus, queries, qrels, tune_qids, "sample archive" if corpus_file is None else Path(corpus_file).stem, info=info)
+
+# %% ../nbs/04_evaluation.ipynb #c053c
+def _write_json(path: Path, data: dict):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+def _write_card(model_dir: Path, results: dict, label: str) -> Path:
+    from archivesrag.training import update_model_card_metrics
+    return update_model_card_metrics(model_dir, {f"{name} ({label})": vals for name, vals in results["systems"].items()})
+
+def save_fusion_weight(index_dir: str | Path, results: dict) -> Path:
+    "Write the fusion weight tuned for a search index's own model into its `manifest.json` (search and ask use it)."
+    f = Path(index_dir) / "manifest.json"
+    if not f.exists(): raise InputError(f"{index_dir}: no search index here (no manifest.json); build it first with "
+                                        f"`archivesrag search --index_dir {index_dir} --corpus_file CORPUS \"a query\"`")
+    try: m = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e: raise InputError(f"{f}: damaged ({e}); rebuild the index") from None
+    mine = [n for n, s in results["models"].items() if n in results.get("fusion_weight", {}) and model_identity(s)[0] == m.get("model")]
+    if not mine: raise InputError(f"{index_dir}: this index was built with {m.get('model')}, and no evaluated model with a "
+                                  f"tuned fusion weight is that model ({', '.join(results['models'].values())})")
+    m["fusion_weight"] = results["fusion_weight"][mine[0]]
+    m["fusion_weight_from"] = {"system": mine[0], "dataset": results["dataset"], "metrics_file": results.get("metrics_file")}
+    _write_json(f, m)
+    return f
+
+def tuned_fusion_weight(metrics_file: str | Path, system: str = "fine-tuned") -> float | None:
+    "The fusion weight `evaluate` chose for `system` (in `metrics.json`), or None."
+    return json.loads(Path(metrics_file).read_text()).get("fusion_weight", {}).get(system)
+
+# %% ../nbs/04_evaluation.ipynb #c053d
+def eval_systems(retrieval: str, base_model=None, model_name_or_path=None, extra_models: dict | None = None) -> dict:
+    "The systems an evaluation compares: `{name: 'bm25' or a model}` for `retrieval` = dense, bm25 or hybrid."
     from archivesrag.models import resolve_embedder
     if retrieval not in {"dense", "bm25", "hybrid"}: raise InputError(f"--retrieval must be dense, bm25 or hybrid, not '{retrieval}'")
-    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     systems = {} if retrieval == "dense" else {"BM25": "bm25"}
     if retrieval != "bm25":
         systems["base"] = resolve_embedder(base_model)
         if model_name_or_path: systems["fine-tuned"] = str(model_name_or_path)
-        for name, path in (extra_models or {}).items(): systems[name] = path
-    info = {}
-    if collection:
-        name, folder = _parse_collection(collection)
-        corpus, queries, qrels = load_glasgow(folder, prefix=name.upper())
-        tune = tuning_half(qrels, seed=seed) if retrieval == "hybrid" and fusion_weight is None else None
-        label, text_fields, metrics_file = name.upper(), ("title", "text"), out / f"metrics_{name.lower()}.json"
-    else:
-        corpus = _load_passages(corpus_file)
-        if queries_file: records = read_jsonl(queries_file)
-        else:
-            records = _sample_queries()
-            if not records and corpus_file is None:
-                print("warning: the bundled sample queries are missing; using passage titles as queries")
-                records = [{"id": i, "query": t} for i, t in zip(corpus["id"], corpus["title"])]
-            if not records: raise InputError("no queries: pass --queries_file (the output of archivesrag gen-query)")
-        if split_file: split = load_split(split_file)
-        else:
-            split = split_by_document(corpus, test_size=test_size, seed=seed)
-            save_split(split, out / "split.json")
-            if model_name_or_path: print(f"warning: no --split_file, so a new split was made ({out/'split.json'}); "
-                                         "the fine-tuned model may have been trained on some of these test passages")
-        missing = set(split["test_ids"]) - set(map(str, corpus["id"]))
-        if missing: raise InputError(f"{split_file}: {len(missing)} test id(s) are not in the corpus, e.g. '{sorted(missing)[0]}'")
-        src = str(queries_file or "sample queries")
-        queries, qrels, rep = queries_from_records(select_queries(records, split["test_ids"]), corpus, src)
-        if rep.get("skipped_not_in_corpus"): print(f"{src}: skipped {rep['skipped_not_in_corpus']} held-out queries whose passage is not in the corpus")
-        if not qrels: raise InputError(f"{src}: no query belongs to a test passage of the split")
-        tune = None
-        if retrieval == "hybrid" and fusion_weight is None:
-            if split.get("val_ids"):
-                vq, vqrels, _ = queries_from_records(select_queries(records, split["val_ids"]), corpus, src)
-                queries.update({f"val:{q}": t for q, t in vq.items()})
-                qrels.update({f"val:{q}": j for q, j in vqrels.items()})
-                tune = [f"val:{q}" for q in vqrels]
-            else:
-                doc_of = dict(zip(map(str, corpus["id"]), map(str, corpus["doc_id"])))
-                tune = tuning_half(qrels, {q: doc_of[next(iter(j))] for q, j in qrels.items()}, seed=seed)
-        info = {"split": {k_: v for k_, v in split.items() if not k_.endswith("_ids")}, "queries_report": rep}
-        label, text_fields, metrics_file = "sample archive" if corpus_file is None else Path(corpus_file).stem, ("text",), out / "metrics.json"
-    results = evaluate_systems(corpus, queries, qrels, systems, hybrid=retrieval == "hybrid", k=k, tune_qids=tune,
-                               fusion_weight=fusion_weight, text_fields=text_fields, query_prompt=query_prompt, cache_dir=cache_dir)
-    results = {"dataset": label, **info, **results}
-    tmp_file = metrics_file.with_name(metrics_file.name + ".tmp")
-    tmp_file.write_text(json.dumps(results, indent=1)); tmp_file.replace(metrics_file)
-    results["metrics_file"] = str(metrics_file)
-    if plots: results["plots"] = _save_plots(results, out / "plots", label)
+        systems.update(extra_models or {})
+    return systems
+
+def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_file=None, corpus_file=None,
+             output_dir="eval", collection: str | None = None, retrieval: str = "hybrid", k: int = 100,
+             extra_models: dict | None = None, fusion_weight: float | None = None, query_prompt: str | None = None,
+             test_size: float = 0.2, seed: int = 42, cache_dir=None, plots: bool = True, verbose: bool = True,
+             index_dir=None) -> dict:
+    "Compare BM25, the base and the fine-tuned embedder (+ hybrids, ranked as search ranks) on held-out or judged queries."
+    systems = eval_systems(retrieval, base_model, model_name_or_path, extra_models)
+    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
+    tune = retrieval == "hybrid" and fusion_weight is None
+    data = collection_set(collection, seed, tune) if collection else \
+           archive_set(corpus_file, queries_file, split_file, out, test_size, seed, tune, warn=bool(model_name_or_path))
+    results = evaluate_systems(data.corpus, data.queries, data.qrels, systems, hybrid=retrieval == "hybrid", k=k,
+                               tune_qids=data.tune, fusion_weight=fusion_weight, query_prompt=query_prompt, cache_dir=cache_dir)
+    results = {"dataset": data.label, **data.info, **results, "metrics_file": str(out / data.metrics_name)}
+    _write_json(out / data.metrics_name, results)
+    if plots: results["plots"] = _save_plots(results, out / "plots", data.label)
     if model_name_or_path and (Path(model_name_or_path) / "README.md").exists():
-        results["model_card"] = str(_write_card(Path(model_name_or_path), results, label))
-    if verbose: print(format_table(results, title=label))
+        results["model_card"] = str(_write_card(Path(model_name_or_path), results, data.label))
+    if index_dir: results["index_manifest"] = str(save_fusion_weight(index_dir, results))
+    if verbose: print(format_table(results, title=data.label))
     return results
 
 def _save_plots(results: dict, folder: Path, label: str) -> list[str]:
@@ -634,42 +499,38 @@ def _save_plots(results: dict, folder: Path, label: str) -> list[str]:
     return saved
 
 # %% ../nbs/04_evaluation.ipynb #c054
-def evaluate_cli(argv=None) -> int:
+def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder (output_dir of `archivesrag train`)
+                 base_model: str = None,  # the model before fine-tuning (default: the recipe's base embedder; offline the bundled MiniLM)
+                 queries_file: str = None,  # queries.jsonl from `archivesrag gen-query` (default: the bundled sample queries)
+                 split_file: str = None,  # split.json made before mining/training (default: a new split by document, saved to output_dir)
+                 corpus_file: str = None,  # corpus.jsonl (default: the bundled sample archive)
+                 collection: str = None,  # a Glasgow test collection instead, e.g. cisi:/path/to/cisi (or set ARCHIVESRAG_CISI and pass 'cisi:')
+                 output_dir: str = "eval",  # where metrics.json and plots/ go
+                 retrieval: str = "hybrid",  # rows to report: dense (the embedders), bm25, or hybrid (everything, with the fused rows)
+                 extra_model: Annotated[list, {"action": "append", "type": str, "metavar": "NAME=PATH"}] = None,  # another model to compare (repeatable)
+                 fusion_weight: float = None,  # dense weight of the normalised score sum (default: tuned on validation queries)
+                 index_dir: str = None,  # a search index: write the weight tuned for its model into its manifest
+                 query_instruction_for_retrieval: str = None,  # instruction added to each query (as in training)
+                 k: int = 100,  # retrieval depth
+                 test_size: float = 0.2,  # test fraction of documents when a new split is made
+                 seed: int = 42,  # random seed of the split and of the tuning half
+                 cache_dir: str = None,  # embedding cache (default: $ARCHIVESRAG_CACHE or ~/.cache/archivesrag/embeddings)
+                 no_plots: store_true = False,  # skip the PNG plots
+                 ) -> int:
     "archivesrag evaluate: metrics table for BM25 / base / fine-tuned (+ hybrid) on held-out or human-judged queries."
-    import argparse
-    p = argparse.ArgumentParser(prog="archivesrag evaluate",
-                                description="Compare BM25, the base and the fine-tuned embedder (and their fusions) on held-out "
-                                            "queries of the archive, or on a human-judged Glasgow collection (CISI).")
-    p.add_argument("--model_name_or_path", help="the fine-tuned model folder (output_dir of `archivesrag train`)")
-    p.add_argument("--base_model", help="the model before fine-tuning (default: the recipe's base embedder; offline the bundled MiniLM)")
-    p.add_argument("--queries_file", help="queries.jsonl from `archivesrag gen-query` (default: the bundled sample queries)")
-    p.add_argument("--split_file", help="split.json made before mining/training (default: a new split by document, saved to output_dir)")
-    p.add_argument("--corpus_file", help="corpus.jsonl (default: the bundled sample archive)")
-    p.add_argument("--collection", help="a Glasgow test collection instead, e.g. cisi:/path/to/cisi (or set ARCHIVESRAG_CISI and pass 'cisi:')")
-    p.add_argument("--output_dir", default="eval", help="where metrics.json and plots/ go (default: eval)")
-    p.add_argument("--retrieval", choices=["dense", "bm25", "hybrid"], default="hybrid",
-                   help="rows to report: the embedders, BM25, or everything including the fused rows (default)")
-    p.add_argument("--extra_model", action="append", default=[], metavar="NAME=PATH", help="another model to compare (repeatable)")
-    p.add_argument("--fusion_weight", type=float, help="dense weight of the normalised score sum (default: tuned on validation queries)")
-    p.add_argument("--query_instruction_for_retrieval", default=None, help="instruction added to each query (as in training)")
-    p.add_argument("--k", type=int, default=100, help="retrieval depth (default 100)")
-    p.add_argument("--test_size", type=float, default=0.2, help="test fraction of documents when a new split is made")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--cache_dir", help="embedding cache (default: $ARCHIVESRAG_CACHE or ~/.cache/archivesrag/embeddings)")
-    p.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
-    a = p.parse_args(argv)
     extra = {}
-    for spec in a.extra_model:
+    for spec in extra_model or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path: raise InputError(f"--extra_model expects NAME=PATH, got '{spec}'")
         extra[name] = path
-    res = evaluate(a.model_name_or_path, a.base_model, a.queries_file, a.split_file, a.corpus_file, a.output_dir,
-                   collection=a.collection, retrieval=a.retrieval, k=a.k, extra_models=extra, fusion_weight=a.fusion_weight,
-                   query_prompt=a.query_instruction_for_retrieval or None, test_size=a.test_size, seed=a.seed,
-                   cache_dir=a.cache_dir, plots=not a.no_plots, verbose=False)
+    res = evaluate(model_name_or_path, base_model, queries_file, split_file, corpus_file, output_dir, collection=collection,
+                   retrieval=retrieval, k=k, extra_models=extra, fusion_weight=fusion_weight,
+                   query_prompt=query_instruction_for_retrieval or None, test_size=test_size, seed=seed,
+                   cache_dir=cache_dir, plots=not no_plots, verbose=False, index_dir=index_dir)
     print(format_table(res, title=res["dataset"]))
     for name, f in res.get("fusion", {}).items():
         if f["method"] == "wsum": print(f"{name}: weights {f['weights']} ({f['chosen']})")
     print(f"wrote {res['metrics_file']}" + (f" and {len(res.get('plots', []))} plots" if res.get("plots") else "")
-          + (f"; updated {res['model_card']}" if res.get("model_card") else ""))
+          + (f"; updated {res['model_card']}" if res.get("model_card") else "")
+          + (f"; fusion weight saved in {res['index_manifest']}" if res.get("index_manifest") else ""))
     return 0

@@ -7,117 +7,26 @@ Docs: https://archivesrag.github.io/archivesrag/negatives.html.md"""
 # %% ../nbs/02_negatives.ipynb #c005
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from fastcore.script import store_true
 from tqdm.auto import tqdm
 
-from .corpus import InputError, corpus_fingerprint, read_jsonl, write_jsonl
-from .models import load_embedder, resolve_embedder
+from .corpus import InputError, load_passages, read_jsonl, write_jsonl
+from .models import resolve_embedder
+from .retrieval import dense_search, encode_cached, flat_index
 
 # %% auto #0
-__all__ = ['default_cache_dir', 'model_fingerprint', 'embedding_cache_path', 'encode_cached', 'search_faiss',
-           'load_training_records', 'pool_from_records', 'load_candidate_pool', 'parse_range', 'sample_negatives',
-           'mine_hard_negatives', 'plot_mined_scores', 'plot_negative_ranks', 'mine_hn_cli']
-
-# %% ../nbs/02_negatives.ipynb #c010
-def default_cache_dir() -> Path:
-    "Where embeddings are cached: `$ARCHIVESRAG_CACHE`, else `~/.cache/archivesrag/embeddings`."
-    return Path(os.environ.get("ARCHIVESRAG_CACHE") or Path.home() / ".cache" / "archivesrag" / "embeddings").expanduser()
-
-def _hub_revision(name: str) -> str | None:
-    "The commit of a Hub model in the local Hugging Face cache, or None when it has not been downloaded."
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        p = try_to_load_from_cache(name, "config.json")
-        return Path(p).parent.name if isinstance(p, str) else None
-    except Exception: return None
-
-def model_fingerprint(model_path: str) -> str | None:
-    "Identity of a model's weights: a local folder's file names, sizes and mtimes, or a Hub id plus its cached commit."
-    p = Path(str(model_path)).expanduser()
-    h = hashlib.sha256()
-    if p.exists():
-        h.update(str(p.resolve()).encode())
-        for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(".")):
-            st = f.stat()
-            h.update(f"{f.relative_to(p).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:16]
-    rev = _hub_revision(str(model_path))
-    if rev is None: return None
-    h.update(f"{model_path}@{rev}".encode())
-    return h.hexdigest()[:16]
-
-def embedding_cache_path(model_name_or_path: str, texts: list[str], cache_dir=None, prompt: str | None = None,
-                         normalize: bool = True, fingerprint: str | None = None) -> Path:
-    "The `.npy` file that holds (or will hold) the embeddings of `texts` by this model with this prompt."
-    fp = fingerprint or model_fingerprint(model_name_or_path) or "unpinned"
-    key = json.dumps([str(model_name_or_path), fp, prompt or "", bool(normalize), corpus_fingerprint(texts), len(texts)])
-    return Path(cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
-
-# %% ../nbs/02_negatives.ipynb #c012
-def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=None, batch_size: int = 64,
-                  prompt: str | None = None, normalize: bool = True, device=None) -> np.ndarray:
-    "Embeddings of `texts` (float32, L2-normalised), read from the on-disk cache or encoded and cached."
-    texts = list(texts)
-    path = resolve_embedder(model_name_or_path)
-    prompt = prompt or None
-    fp, model = model_fingerprint(path), None
-    if fp is None:  # a Hub model that is not downloaded yet: loading it downloads it, then it has a commit
-        model = load_embedder(path, device)
-        fp = model_fingerprint(path)
-    f = embedding_cache_path(path, texts, cache_dir, prompt, normalize, fingerprint=fp)
-    if f.exists():
-        try:
-            emb = np.load(f)
-            if emb.shape[0] == len(texts):
-                print(f"cache hit: {len(texts)} embeddings from {f}")
-                return emb.astype(np.float32, copy=False)
-        except (OSError, ValueError): pass  # truncated or foreign file: encode again
-    label = f"{Path(path).parent.name}/{Path(path).name}" if Path(path).exists() else path
-    print(f"encoding {len(texts)} texts with {label}")
-    model = model or load_embedder(path, device)
-    if not texts: return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
-    emb = model.encode(texts, batch_size=batch_size, prompt=prompt, normalize_embeddings=normalize,
-                       convert_to_numpy=True, show_progress_bar=len(texts) > batch_size)
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.stem + f".{os.getpid()}.tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, f)
-    f.with_suffix(".json").write_text(json.dumps({"model": str(path), "fingerprint": fp, "prompt": prompt,
-                                                  "normalize": normalize, "n": len(texts), "dim": emb.shape[1]}))
-    return emb
-
-# %% ../nbs/02_negatives.ipynb #c018
-def search_faiss(query_emb: np.ndarray, passage_emb: np.ndarray, k: int, use_gpu: bool = False,
-                 batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    "Exact inner-product top-`k` search (faiss `IndexFlatIP`): `(scores, indices)`, each `queries × k`, best first."
-    import faiss
-    index = faiss.IndexFlatIP(passage_emb.shape[1])
-    if use_gpu:
-        n_gpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-        if hasattr(faiss, "StandardGpuResources") and n_gpu > 0:
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        else:
-            why = "this faiss build has no GPU support (pip install faiss-gpu-cu12)" if not hasattr(faiss, "StandardGpuResources") \
-                  else "no CUDA GPU is visible"
-            print(f"--use_gpu_for_searching: {why}; searching on the CPU")
-    index.add(np.ascontiguousarray(passage_emb, dtype=np.float32))
-    k = min(k, index.ntotal)
-    scores, idx = [], []
-    for i in tqdm(range(0, len(query_emb), batch_size), desc="searching", disable=len(query_emb) <= batch_size):
-        s, j = index.search(np.ascontiguousarray(query_emb[i:i + batch_size], dtype=np.float32), k)
-        scores.append(s); idx.append(j)
-    if not scores: return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(scores), np.concatenate(idx)
+__all__ = ['load_training_records', 'pool_from_records', 'pool_from_passages', 'split_by_document', 'save_split', 'load_split',
+           'held_out_ids', 'select_queries', 'parse_range', 'sample_negatives', 'Guards', 'Pool', 'mining_inputs',
+           'MiningVectors', 'sample_record', 'mine_hard_negatives', 'plot_mined_scores', 'plot_negative_ranks',
+           'mine_hn_cli']
 
 # %% ../nbs/02_negatives.ipynb #c022
 def _key(text: str) -> str:
@@ -130,27 +39,28 @@ def _str_list(v, where: str, field: str) -> list[str]:
         raise InputError(f"{where}: '{field}' must be a list of strings, got {type(v).__name__}")
     return v
 
+def _training_record(r: dict, path: Path, report: Counter) -> dict | None:
+    line = r["_line"]; where = f"{path}:{line}"
+    fields = ", ".join(k for k in r if k != "_line")
+    if "query" not in r: raise InputError(f"{where}: record has no 'query' field (fields: {fields})")
+    if not isinstance(r["query"], str): raise InputError(f"{where}: 'query' must be a string, got {type(r['query']).__name__}")
+    field = "positive" if "positive" in r else "pos"
+    if field not in r: raise InputError(f"{where}: record has no 'positive' (query-generation output) or 'pos' (FlagEmbedding) field (fields: {fields})")
+    pos = [p for p in _str_list(r[field], where, field) if p.strip()]
+    neg = [n for n in _str_list(r.get("neg", []), where, "neg") if n.strip()]
+    if not r["query"].strip(): report["skipped_empty_query"] += 1; return None
+    if not pos: report["skipped_no_positive"] += 1; return None
+    rid = str(r["id"]) if r.get("id") not in (None, "") else f"{path.stem}-{line}"
+    rec = {"id": rid, "query": r["query"], "pos": pos, "neg": neg, "_line": line,
+           "pos_ids": [rid if j == 0 else f"{rid}/pos{j}" for j in range(len(pos))],
+           "neg_ids": [f"{rid}/neg{j}" for j in range(len(neg))]}
+    if r.get("doc_id") is not None: rec["doc_id"] = r["doc_id"]
+    return rec
+
 def load_training_records(path: str | Path) -> tuple[list[dict], dict]:
     "Query records `{id, query, pos, neg, pos_ids, neg_ids}` from query-generation output or FlagEmbedding's format."
-    path = Path(path)
-    out, report = [], Counter()
-    for r in read_jsonl(path):
-        line = r["_line"]; where = f"{path}:{line}"
-        fields = ", ".join(k for k in r if k != "_line")
-        if "query" not in r: raise InputError(f"{where}: record has no 'query' field (fields: {fields})")
-        if not isinstance(r["query"], str): raise InputError(f"{where}: 'query' must be a string, got {type(r['query']).__name__}")
-        field = "positive" if "positive" in r else "pos"
-        if field not in r: raise InputError(f"{where}: record has no 'positive' (query-generation output) or 'pos' (FlagEmbedding) field (fields: {fields})")
-        pos = [p for p in _str_list(r[field], where, field) if p.strip()]
-        neg = [n for n in _str_list(r.get("neg", []), where, "neg") if n.strip()]
-        if not r["query"].strip(): report["skipped_empty_query"] += 1; continue
-        if not pos: report["skipped_no_positive"] += 1; continue
-        rid = str(r["id"]) if r.get("id") not in (None, "") else f"{path.stem}-{line}"
-        rec = {"id": rid, "query": r["query"], "pos": pos, "neg": neg, "_line": line,
-               "pos_ids": [rid if j == 0 else f"{rid}/pos{j}" for j in range(len(pos))],
-               "neg_ids": [f"{rid}/neg{j}" for j in range(len(neg))]}
-        if r.get("doc_id") is not None: rec["doc_id"] = r["doc_id"]
-        out.append(rec)
+    path, report = Path(path), Counter()
+    out = [rec for r in read_jsonl(path) if (rec := _training_record(r, path, report)) is not None]
     return out, dict(report)
 
 def pool_from_records(records: list[dict]) -> tuple[list[str], list[str]]:
@@ -162,21 +72,83 @@ def pool_from_records(records: list[dict]) -> tuple[list[str], list[str]]:
             seen.add(_key(t)); ids.append(pid); texts.append(t)
     return ids, texts
 
-def load_candidate_pool(path: str | Path) -> tuple[list[str], list[str], dict]:
-    "Passages `(ids, texts, report)` from a JSONL with `text` (e.g. corpus.jsonl); empty and duplicate texts are counted skips."
-    path = Path(path)
+def pool_from_passages(source, exclude_ids=frozenset()) -> tuple[list[str], list[str], dict]:
+    "Passages `(ids, texts, report)` of a corpus, via `load_passages`; empty, repeated and excluded ones are counted skips."
+    ds = load_passages(source)
     ids, texts, seen, report = [], [], set(), Counter()
-    for r in read_jsonl(path):
-        where = f"{path}:{r['_line']}"
-        if "text" not in r: raise InputError(f"{where}: candidate passage has no 'text' field")
-        if not isinstance(r["text"], str): raise InputError(f"{where}: 'text' must be a string, got {type(r['text']).__name__}")
-        if not r["text"].strip(): report["skipped_empty_text"] += 1; continue
-        if _key(r["text"]) in seen: report["skipped_duplicate_text"] += 1; continue
-        seen.add(_key(r["text"]))
-        pid = next((r[k] for k in ("id", "doc_id", "_id") if r.get(k) not in (None, "")), f"{path.stem}-{r['_line']}")
-        ids.append(str(pid)); texts.append(r["text"])
-    if not texts: raise InputError(f"{path}: the candidate pool has no passage with text")
+    for pid, t in zip(map(str, ds["id"]), ds["text"]):
+        if pid in exclude_ids: report["pool_held_out"] += 1; continue
+        if not t or not t.strip(): report["skipped_empty_text"] += 1; continue
+        if _key(t) in seen: report["skipped_duplicate_text"] += 1; continue
+        seen.add(_key(t)); ids.append(pid); texts.append(t)
+    if not texts: raise InputError(f"{source}: the candidate pool has no passage with text")
     return ids, texts, dict(report)
+
+# %% ../nbs/02_negatives.ipynb #c023v
+def _rows(corpus) -> list[dict]:
+    "Passages as dicts with `id` and `doc_id` (a `datasets.Dataset` or a list of dicts)."
+    cols = getattr(corpus, "column_names", None)
+    if cols is not None:
+        ids = corpus["id"]
+        docs = corpus["doc_id"] if "doc_id" in cols else ids
+        return [{"id": str(i), "doc_id": str(d)} for i, d in zip(ids, docs)]
+    out = []
+    for n, r in enumerate(corpus, 1):
+        if "id" not in r: raise InputError(f"corpus record {n} has no 'id'")
+        out.append({"id": str(r["id"]), "doc_id": str(r.get("doc_id") or r["id"])})
+    return out
+
+def split_by_document(corpus, test_size: float = 0.2, seed: int = 42, val_size: float = 0.0) -> dict:
+    "Split passage ids into train/test (and optional validation) parts so that no document is on two sides."
+    if not 0 < test_size < 1 or not 0 <= val_size < 1 or test_size + val_size >= 1:
+        raise InputError(f"test_size ({test_size}) and val_size ({val_size}) must be fractions that leave a train part")
+    rows = _rows(corpus)
+    docs = sorted({r["doc_id"] for r in rows})
+    if len(docs) < 2: raise InputError(f"cannot split {len(docs)} document(s): need at least 2")
+    random.Random(seed).shuffle(docs)
+    n_test = max(1, round(len(docs) * test_size))
+    n_val = round(len(docs) * val_size) if val_size else 0
+    test_docs, val_docs = set(docs[:n_test]), set(docs[n_test:n_test + n_val])
+    part = lambda d: "test" if d in test_docs else "val" if d in val_docs else "train"
+    split = {"seed": seed, "by": "doc_id", "test_size": test_size,
+             "train_ids": [r["id"] for r in rows if part(r["doc_id"]) == "train"],
+             "test_ids": [r["id"] for r in rows if part(r["doc_id"]) == "test"],
+             "n_train_docs": len(docs) - n_test - n_val, "n_test_docs": n_test}
+    if n_val: split.update(val_size=val_size, val_ids=[r["id"] for r in rows if part(r["doc_id"]) == "val"], n_val_docs=n_val)
+    return split
+
+# %% ../nbs/02_negatives.ipynb #c023x
+def save_split(split: dict, path: str | Path) -> Path:
+    "Write `split.json` (atomically)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text(json.dumps(split, indent=1))
+    tmp_path.replace(path)
+    return path
+
+def load_split(path: str | Path) -> dict:
+    "Read `split.json`, checking that it has both parts and that no passage is on two sides."
+    path = Path(path)
+    if not path.exists(): raise InputError(f"{path}: no such split file (make one with split_by_document/save_split)")
+    try: split = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e: raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(split, dict): raise InputError(f"{path}: expected a JSON object")
+    for key in ("train_ids", "test_ids"):
+        if not isinstance(split.get(key), list): raise InputError(f"{path}: missing list '{key}'")
+    parts = [set(split["train_ids"]), set(split["test_ids"]), set(split.get("val_ids") or [])]
+    both = (parts[0] & parts[1]) | (parts[0] & parts[2]) | (parts[1] & parts[2])
+    if both: raise InputError(f"{path}: {len(both)} passage id(s) on two sides of the split, e.g. '{sorted(both)[0]}'")
+    return split
+
+def held_out_ids(split: dict) -> set[str]:
+    "The passage ids training must never see: the test part and the validation part."
+    return set(map(str, split["test_ids"])) | set(map(str, split.get("val_ids") or []))
+
+def select_queries(queries: list[dict], ids) -> list[dict]:
+    "The query records whose passage `id` is in `ids` (e.g. `split['test_ids']`)."
+    ids = set(map(str, ids))
+    return [q for q in queries if str(q.get("id")) in ids]
 
 # %% ../nbs/02_negatives.ipynb #c025
 def parse_range(range_for_sampling: str) -> tuple[int, int]:
@@ -204,80 +176,125 @@ def sample_negatives(scores, indices, pool_ids, pool_keys, exclude_ids, exclude_
     return chosen, counts
 
 # %% ../nbs/02_negatives.ipynb #c029
+@dataclass
+class Guards:
+    "The sampling rules of one mining run: ranks `lo..hi`, how many negatives, the margin, the round trip, the seed."
+    lo: int
+    hi: int
+    negative_number: int = 15
+    relative_margin: float = 0.05
+    round_trip_k: int | None = None
+    seed: int = 42
+
+    @classmethod
+    def from_flags(cls, range_for_sampling="2-200", negative_number=15, relative_margin=0.05, round_trip_k=None, seed=42):
+        "Check the flags and hold them (an InputError names the flag that is wrong)."
+        lo, hi = parse_range(range_for_sampling)
+        if negative_number < 1: raise InputError(f"--negative_number must be at least 1, got {negative_number}")
+        relative_margin = relative_margin or 0.0
+        if not 0 <= relative_margin < 1: raise InputError(f"--relative_margin must be in [0, 1), got {relative_margin}")
+        if round_trip_k is not None and round_trip_k < 1: raise InputError(f"--round_trip_k must be at least 1, got {round_trip_k}")
+        return cls(lo, hi, negative_number, relative_margin, round_trip_k, seed)
+
+@dataclass
+class Pool:
+    "The candidate passages: ids, texts, and the texts as compared for identity (`keys`)."
+    ids: list[str]
+    texts: list[str]
+    def __post_init__(self): self.keys = [_key(t) for t in self.texts]
+    def __len__(self): return len(self.texts)
+
+def mining_inputs(input_file, candidate_pool=None, split_file=None) -> tuple[list[dict], Pool, dict]:
+    "`(records, pool, report)`; with `split_file`, held-out passages are neither queries nor candidates."
+    records, report = load_training_records(input_file)
+    held = held_out_ids(load_split(split_file)) if split_file else set()
+    if held:
+        kept = [r for r in records if r["id"] not in held]
+        report["skipped_held_out_query"] = len(records) - len(kept); records = kept
+    if not records: raise InputError(f"{input_file}: no record has both a query and a positive" + (" outside the held-out split" if held else ""))
+    if candidate_pool:
+        pool_ids, pool_texts, pool_report = pool_from_passages(candidate_pool, held)
+        report.update(pool_report)
+    else:
+        pool_ids, pool_texts = pool_from_records(records)
+        keep = [i for i, p in enumerate(pool_ids) if p.split("/")[0] not in held]
+        pool_ids, pool_texts = [pool_ids[i] for i in keep], [pool_texts[i] for i in keep]
+    return records, Pool(pool_ids, pool_texts), report
+
+# %% ../nbs/02_negatives.ipynb #c029b
+class MiningVectors:
+    "Embeddings of the unique queries, of the pool, and of positives the pool lacks (all cached), with their lookups."
+    def __init__(self, model: str, records: list[dict], pool_texts: list[str], cache_dir=None, batch_size: int = 64,
+                 query_prompt: str | None = None, device=None):
+        self.pool = encode_cached(model, pool_texts, cache_dir, batch_size, device=device)
+        uq = list(dict.fromkeys(r["query"] for r in records))
+        self.q_row = {q: i for i, q in enumerate(uq)}
+        self.queries = encode_cached(model, uq, cache_dir, batch_size, prompt=query_prompt or None, device=device)
+        self.row = {_key(t): i for i, t in enumerate(pool_texts)}
+        missing = list(dict.fromkeys(p for r in records for p in r["pos"] if _key(p) not in self.row))
+        self.extra = encode_cached(model, missing, cache_dir, batch_size, device=device) if missing else None
+        self.x_row = {_key(p): i for i, p in enumerate(missing)}
+
+    def query(self, r: dict) -> np.ndarray: return self.queries[self.q_row[r["query"]]]
+    def positives(self, r: dict) -> np.ndarray:
+        return np.stack([self.pool[self.row[_key(p)]] if _key(p) in self.row else self.extra[self.x_row[_key(p)]] for p in r["pos"]])
+
+def sample_record(i: int, r: dict, vec: MiningVectors, scores, idx, pool: Pool, g: Guards, counts: Counter) -> dict | None:
+    "The output record of query `i` (its ranked `scores`/`idx`), or None when the round trip or the guards leave nothing."
+    ps = vec.positives(r) @ vec.query(r)
+    exclude_ids = {r["id"], *r["pos_ids"]}
+    exclude_keys = {_key(p) for p in r["pos"]} | {_key(r["query"])}
+    if g.round_trip_k:
+        above = [j for s, j in zip(scores, idx) if s > ps.max() and j >= 0]  # ranked above the positive
+        pos_rank = 1 + sum(pool.ids[j] not in exclude_ids and pool.keys[j] not in exclude_keys for j in above)
+        if pos_rank > g.round_trip_k: counts["dropped_round_trip"] += 1; return None
+    chosen, c = sample_negatives(scores, idx, pool.ids, pool.keys, exclude_ids, exclude_keys, float(ps.min()),
+                                 g.lo, g.hi, g.negative_number, random.Random(f"{g.seed}:{i}"), g.relative_margin)
+    counts.update(c)
+    if not chosen: counts["skipped_no_negative"] += 1; return None
+    if len(chosen) < g.negative_number: counts["short"] += 1
+    return {"id": r["id"], "query": r["query"], "pos": r["pos"], "neg": [pool.texts[j] for _, j, _ in chosen],
+            "neg_ids": [pool.ids[j] for _, j, _ in chosen], "neg_scores": [round(s, 6) for _, _, s in chosen],
+            "neg_ranks": [rank for rank, _, _ in chosen], "pos_score": round(float(ps.min()), 6),
+            **({"doc_id": r["doc_id"]} if "doc_id" in r else {})}
+
+# %% ../nbs/02_negatives.ipynb #c029c
+def _report_mining(summary: dict, report: dict, g: Guards):
+    skips = "".join(f", {v} {k.replace('_', ' ')}" for k, v in report.items())
+    print(f"mined {summary['written']}/{summary['records']} examples -> {summary['output_file']}: {summary['short']} short "
+          f"(< {g.negative_number} negatives), {summary['dropped_margin']} candidates dropped by relative_margin={g.relative_margin}, "
+          f"{summary['dropped_round_trip']} examples dropped by round trip"
+          f"{f' (top-{g.round_trip_k})' if g.round_trip_k else ' (off)'}, {summary['skipped_no_negative']} without any negative{skips}")
+
 def mine_hard_negatives(input_file, output_file, model_name_or_path=None, range_for_sampling="2-200",
                         negative_number=15, candidate_pool=None, use_gpu_for_searching=False,
                         query_instruction_for_retrieval="", batch_size=64, seed=42, relative_margin=0.05,
-                        round_trip_k: int | None = None, cache_dir=None, device=None) -> dict:
+                        round_trip_k: int | None = None, cache_dir=None, device=None, split_file=None) -> dict:
     "Mine `negative_number` hard negatives per query from ranks `range_for_sampling`; write FlagEmbedding training JSONL."
-    lo, hi = parse_range(range_for_sampling)
-    if negative_number < 1: raise InputError(f"--negative_number must be at least 1, got {negative_number}")
-    relative_margin = relative_margin or 0.0
-    if not 0 <= relative_margin < 1: raise InputError(f"--relative_margin must be in [0, 1), got {relative_margin}")
-    if round_trip_k is not None and round_trip_k < 1: raise InputError(f"--round_trip_k must be at least 1, got {round_trip_k}")
-    records, report = load_training_records(input_file)
-    if not records: raise InputError(f"{input_file}: no record has both a query and a positive")
-    if candidate_pool:
-        pool_ids, pool_texts, pool_report = load_candidate_pool(candidate_pool)
-        report.update(pool_report)
-    else: pool_ids, pool_texts = pool_from_records(records)
-    pool_keys = [_key(t) for t in pool_texts]
-    if len(pool_texts) < hi: print(f"note: the candidate pool has {len(pool_texts)} passages, fewer than rank {hi}")
-    if hi - lo + 1 < negative_number: print(f"note: ranks {lo}-{hi} hold fewer than {negative_number} candidates; every query will be short")
+    g = Guards.from_flags(range_for_sampling, negative_number, relative_margin, round_trip_k, seed)
+    records, pool, report = mining_inputs(input_file, candidate_pool, split_file)
+    if len(pool) < g.hi: print(f"note: the candidate pool has {len(pool)} passages, fewer than rank {g.hi}")
+    if g.hi - g.lo + 1 < negative_number: print(f"note: ranks {g.lo}-{g.hi} hold fewer than {negative_number} candidates; every query will be short")
     model = resolve_embedder(model_name_or_path, role="miner")
-
     t0 = time.perf_counter()
-    p_emb = encode_cached(model, pool_texts, cache_dir, batch_size, device=device)
-    uq = list(dict.fromkeys(r["query"] for r in records))
-    uq_row = {q: i for i, q in enumerate(uq)}
-    q_emb = encode_cached(model, uq, cache_dir, batch_size, prompt=query_instruction_for_retrieval or None, device=device)
-    row = {k: i for i, k in enumerate(pool_keys)}
-    missing = list(dict.fromkeys(p for r in records for p in r["pos"] if _key(p) not in row))
-    x_emb = encode_cached(model, missing, cache_dir, batch_size, device=device) if missing else None
-    x_row = {_key(p): i for i, p in enumerate(missing)}
+    vec = MiningVectors(model, records, pool.texts, cache_dir, batch_size, query_instruction_for_retrieval, device)
     t1 = time.perf_counter()
-    depth = min(len(pool_texts), max(hi, round_trip_k or 0))
-    all_scores, all_idx = search_faiss(q_emb[[uq_row[r["query"]] for r in records]], p_emb, depth, use_gpu_for_searching)
+    depth = min(len(pool), max(g.hi, round_trip_k or 0))
+    scores, idx = dense_search(flat_index(vec.pool, use_gpu_for_searching), np.stack([vec.query(r) for r in records]), depth)
     t2 = time.perf_counter()
-
-    counts, out = Counter(), []
-    for i, r in enumerate(tqdm(records, desc="sampling negatives", disable=len(records) < 1000)):
-        qv = q_emb[uq_row[r["query"]]]
-        pv = np.stack([p_emb[row[_key(p)]] if _key(p) in row else x_emb[x_row[_key(p)]] for p in r["pos"]])
-        ps = pv @ qv
-        exclude_ids = {r["id"], *r["pos_ids"]}
-        exclude_keys = {_key(p) for p in r["pos"]} | {_key(r["query"])}
-        if round_trip_k:
-            above = [j for s, j in zip(all_scores[i], all_idx[i]) if s > ps.max() and j >= 0]  # ranked above the positive
-            pos_rank = 1 + sum(pool_ids[j] not in exclude_ids and pool_keys[j] not in exclude_keys for j in above)
-            if pos_rank > round_trip_k: counts["dropped_round_trip"] += 1; continue
-        rng = random.Random(f"{seed}:{i}")
-        chosen, c = sample_negatives(all_scores[i], all_idx[i], pool_ids, pool_keys, exclude_ids, exclude_keys,
-                                     float(ps.min()), lo, hi, negative_number, rng, relative_margin)
-        counts.update(c)
-        if not chosen: counts["skipped_no_negative"] += 1; continue
-        if len(chosen) < negative_number: counts["short"] += 1
-        rec = {"id": r["id"], "query": r["query"], "pos": r["pos"], "neg": [pool_texts[j] for _, j, _ in chosen],
-               "neg_ids": [pool_ids[j] for _, j, _ in chosen], "neg_scores": [round(s, 6) for _, _, s in chosen],
-               "neg_ranks": [rank for rank, _, _ in chosen], "pos_score": round(float(ps.min()), 6)}
-        if "doc_id" in r: rec["doc_id"] = r["doc_id"]
-        out.append(rec)
+    counts = Counter()
+    out = [rec for i, r in enumerate(tqdm(records, desc="sampling negatives", disable=len(records) < 1000))
+           if (rec := sample_record(i, r, vec, scores[i], idx[i], pool, g, counts))]
     t3 = time.perf_counter()
     write_jsonl(out, output_file)
-
     summary = {"input_file": str(input_file), "output_file": str(output_file), "model": model,
                "candidate_pool": str(candidate_pool) if candidate_pool else "input positives and negatives",
-               "pool_size": len(pool_texts), "records": len(records), "written": len(out),
-               "range_for_sampling": f"{lo}-{hi}", "negative_number": negative_number,
-               "relative_margin": relative_margin, "round_trip_k": round_trip_k, "seed": seed,
-               "short": counts["short"], "skipped_no_negative": counts["skipped_no_negative"],
-               "dropped_margin": counts["dropped_margin"], "dropped_round_trip": counts["dropped_round_trip"],
-               "excluded_positive_or_query": counts["excluded_positive_or_query"], **report,
-               "seconds": {"encode": round(t1 - t0, 3), "search": round(t2 - t1, 3), "sample": round(t3 - t2, 3)}}
-    skips = "".join(f", {v} {k.replace('_', ' ')}" for k, v in report.items())
-    print(f"mined {len(out)}/{len(records)} examples -> {output_file}: {summary['short']} short (< {negative_number} negatives), "
-          f"{summary['dropped_margin']} candidates dropped by relative_margin={relative_margin}, "
-          f"{summary['dropped_round_trip']} examples dropped by round trip"
-          f"{f' (top-{round_trip_k})' if round_trip_k else ' (off)'}, {summary['skipped_no_negative']} without any negative{skips}")
+               "split_file": str(split_file) if split_file else None, "pool_size": len(pool), "records": len(records),
+               "written": len(out), "range_for_sampling": f"{g.lo}-{g.hi}", "negative_number": negative_number,
+               "relative_margin": g.relative_margin, "round_trip_k": round_trip_k, "seed": seed,
+               **{c: counts[c] for c in ("short", "skipped_no_negative", "dropped_margin", "dropped_round_trip", "excluded_positive_or_query")},
+               **report, "seconds": {"encode": round(t1 - t0, 3), "search": round(t2 - t1, 3), "sample": round(t3 - t2, 3)}}
+    _report_mining(summary, report, g)
     return summary
 
 # %% ../nbs/02_negatives.ipynb #c035
@@ -304,26 +321,25 @@ def plot_negative_ranks(records: list[dict], range_for_sampling: str | None = No
     return ax
 
 # %% ../nbs/02_negatives.ipynb #c042
-def mine_hn_cli(argv=None) -> int:
-    "archivesrag mine-hn: the seed's `mine_hn.py`."
-    p = argparse.ArgumentParser(prog="archivesrag mine-hn",
-                                description="Mine hard negatives for each query with faiss; write FlagEmbedding training JSONL.")
-    p.add_argument("--model_name_or_path", default=None, help="embedder used for mining (default: BAAI/bge-base-en-v1.5; offline: bundled MiniLM)")
-    p.add_argument("--input_file", required=True, help="queries: {id, query, positive} or FlagEmbedding {query, pos, neg} JSONL")
-    p.add_argument("--output_file", required=True, help="where to write {query, pos, neg, ...} JSONL")
-    p.add_argument("--range_for_sampling", default="2-200", help="sample from these 1-based ranks of the retrieved list (default 2-200)")
-    p.add_argument("--negative_number", type=int, default=15, help="negatives per query (default 15)")
-    p.add_argument("--candidate_pool", default=None, help="JSONL of passages with 'text' to retrieve from (default: all pos and neg in the input)")
-    p.add_argument("--use_gpu_for_searching", action="store_true", help="search with faiss on the GPU (needs faiss-gpu and CUDA)")
-    p.add_argument("--query_instruction_for_retrieval", default="", help="instruction prepended to each query when encoding")
-    p.add_argument("--batch_size", type=int, default=64, help="encoding batch size (default 64)")
-    p.add_argument("--seed", type=int, default=42, help="random seed for sampling (default 42)")
-    p.add_argument("--relative_margin", type=float, default=0.05,
-                   help="drop candidates scoring above pos_score - |pos_score| * margin (default 0.05; 0 disables)")
-    p.add_argument("--round_trip_k", type=int, default=None, help="drop examples whose positive is not in the model's top k (default: off)")
-    p.add_argument("--cache_dir", default=None, help="embedding cache (default: $ARCHIVESRAG_CACHE or ~/.cache/archivesrag/embeddings)")
-    a = p.parse_args(argv)
-    mine_hard_negatives(a.input_file, a.output_file, a.model_name_or_path, a.range_for_sampling, a.negative_number,
-                        a.candidate_pool, a.use_gpu_for_searching, a.query_instruction_for_retrieval, a.batch_size,
-                        a.seed, a.relative_margin, a.round_trip_k, cache_dir=a.cache_dir)
+def mine_hn_cli(model_name_or_path: str = None,  # embedder used for mining (default: BAAI/bge-base-en-v1.5; offline: the bundled MiniLM)
+                input_file: str = None,  # queries: {id, query, positive} or FlagEmbedding {query, pos, neg} JSONL (required)
+                output_file: str = None,  # where to write {query, pos, neg, ...} JSONL (required)
+                range_for_sampling: str = "2-200",  # sample from these 1-based ranks of the retrieved list
+                negative_number: int = 15,  # negatives per query
+                candidate_pool: str = None,  # passages to retrieve from: corpus.jsonl or any archive (default: all pos and neg in the input)
+                use_gpu_for_searching: store_true = False,  # search with faiss on the GPU (needs faiss-gpu and CUDA)
+                query_instruction_for_retrieval: str = "",  # instruction prepended to each query when encoding
+                batch_size: int = 64,  # encoding batch size
+                seed: int = 42,  # random seed for sampling
+                relative_margin: float = 0.05,  # drop candidates scoring above pos_score - |pos_score| * margin (0 disables)
+                round_trip_k: int = None,  # drop examples whose positive is not in the model's top k (default: off)
+                split_file: str = None,  # split.json: mine only training queries, from a pool without test or validation passages
+                cache_dir: str = None,  # embedding cache (default: $ARCHIVESRAG_CACHE or ~/.cache/archivesrag/embeddings)
+                ) -> int:
+    "archivesrag mine-hn: the seed's `mine_hn.py`. Mine hard negatives for each query with faiss; write FlagEmbedding training JSONL."
+    for flag, v in (("--input_file", input_file), ("--output_file", output_file)):
+        if not v: raise InputError(f"{flag} is required")
+    mine_hard_negatives(input_file, output_file, model_name_or_path, range_for_sampling, negative_number, candidate_pool,
+                        use_gpu_for_searching, query_instruction_for_retrieval, batch_size, seed, relative_margin,
+                        round_trip_k, cache_dir=cache_dir, split_file=split_file)
     return 0

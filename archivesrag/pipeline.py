@@ -32,6 +32,8 @@ def _usage() -> str:
 def parse_flags(func, argv: list[str], prog: str) -> dict:
     "Parse `argv` into `func`'s keyword arguments. The flags come from its signature and docments (fastcore's `anno_parser`)."
     from fastcore.script import anno_parser
+    # fastcore spells `input_file` as `--input-file`; the recipe's commands say `--input_file`: accept both
+    argv = [a.split("=")[0].replace("_", "-") + a[len(a.split("=")[0]):] if a.startswith("--") else a for a in argv]
     args = vars(anno_parser(func, prog=prog).parse_args(argv))
     for internal in ("pdb", "xtra"): args.pop(internal, None)  # fastcore's own debugging flags
     return args
@@ -163,9 +165,9 @@ def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 
         return {"summary": summary}
 
     def do_split():
-        split = evaluation.split_by_document(read_jsonl(files["corpus"]), test_size=test_size, seed=seed)
-        evaluation.save_split(split, files["split"])
-        train_q = evaluation.select_queries(read_jsonl(files["queries"]), split["train_ids"])
+        split = negatives.split_by_document(read_jsonl(files["corpus"]), test_size=test_size, seed=seed)
+        negatives.save_split(split, files["split"])
+        train_q = negatives.select_queries(read_jsonl(files["queries"]), split["train_ids"])
         write_jsonl(train_q, files["train_queries"])
         return {"train_passages": len(split["train_ids"]), "test_passages": len(split["test_ids"]),
                 "train_queries": len(train_q)}
@@ -173,7 +175,7 @@ def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 
     def do_mine():
         return {"summary": negatives.mine_hard_negatives(
             files["train_queries"], files["mined"], model_name_or_path=cfg["miner"], range_for_sampling="2-200",
-            negative_number=15, candidate_pool=files["corpus"], seed=seed)}
+            negative_number=15, candidate_pool=files["corpus"], seed=seed, split_file=files["split"])}
 
     def do_train():
         resume = "last" if any(files["model"].glob("checkpoint-*")) else None
@@ -197,7 +199,8 @@ def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 
         return {"systems": results["systems"]}
 
     def do_index():
-        search.SearchIndex.build(files["corpus"], model_name_or_path=str(files["model"])).save(files["index"])
+        search.SearchIndex.build(files["corpus"], model_name_or_path=str(files["model"]),
+                                 fusion_weight=evaluation.tuned_fusion_weight(files["eval"] / "metrics.json")).save(files["index"])
         return {}
 
     def do_answers():

@@ -7,29 +7,34 @@ Docs: https://archivesrag.github.io/archivesrag/search.html.md"""
 # %% ../nbs/05_search.ipynb #c005
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from fastcore.basics import patch
+from fastcore.script import store_true
 
-from .corpus import InputError, corpus_fingerprint, load_corpus, read_jsonl, sample_path
-from .models import load_embedder, resolve_embedder
+from .corpus import InputError, corpus_fingerprint, load_passages, sample_path
+from .models import is_offline
+from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, Rankings, Retriever, build_bm25,
+                                   check_queries, encode_cached, model_fingerprint, model_identity, passage_texts)
 
 # %% auto #0
-__all__ = ['RETRIEVALS', 'DEFAULT_RETRIEVAL', 'FUSION_WEIGHTS', 'MANIFEST', 'find_finetuned_model', 'SearchIndex',
-           'compare_index_types', 'plot_score_distributions', 'default_index', 'search', 'format_results', 'search_cli']
+__all__ = ['DEFAULT_RETRIEVAL', 'MANIFEST', 'INDEX_FORMAT', 'find_finetuned_model', 'SearchIndex', 'rebuild_hint',
+           'compare_index_types', 'plot_score_distributions', 'default_index', 'search', 'format_results', 'json_lines',
+           'search_cli']
 
 # %% ../nbs/05_search.ipynb #c010
-RETRIEVALS = ("hybrid", "dense", "bm25")
 DEFAULT_RETRIEVAL = "hybrid"  # at least as good as dense alone on held-out queries (04_evaluation, issue 9)
-FUSION_WEIGHTS = (0.3, 0.7)   # (dense, bm25) weights of the min-max normalised score sum; see "Hybrid retrieval"
 MANIFEST = "manifest.json"
+INDEX_FORMAT = 2
+"Version of the index folder's layout: an index of another version is rebuilt, never guessed at."
 
 def _index_dir_default() -> Path:
     "Where `archivesrag search` caches the indexes it builds itself (ARCHIVESRAG_CACHE, else ~/.cache/archivesrag)."
@@ -41,253 +46,252 @@ def find_finetuned_model(root: str | Path = "runs") -> str | None:
     found = sorted(root.glob("*/model/modules.json"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
     return str(found[-1].parent) if found else None
 
-def _passage_text(batch: dict, text_fields, i: int) -> str:
-    parts = [batch[f][i] for f in text_fields if f in batch and batch[f][i]]
-    return "\n".join(str(p) for p in parts)
-
 def _needs_training(index_factory: str) -> bool:
     return any(tok in index_factory for tok in ("IVF", "PQ", "SQ", "LSH", "PCA"))
 
 def _gpu_ok(index_factory: str) -> bool:
     return "HNSW" not in index_factory and "NSG" not in index_factory  # faiss has no GPU version of graph indexes
 
-# %% ../nbs/05_search.ipynb #c012
-def _load_passages(corpus):
-    "A `datasets.Dataset` of passages from a Dataset, a corpus JSONL (seed idiom) or any archive `load_corpus` reads."
-    from datasets import Dataset, load_dataset
-    if isinstance(corpus, Dataset): ds = corpus
-    else:
-        path = Path(corpus)
-        if not path.exists(): raise InputError(f"{path}: no such file or folder")
-        ds = None
-        if path.is_file() and path.suffix.lower() in {".jsonl", ".json", ".ndjson"}:
-            try: ds = load_dataset("json", data_files=str(path), split="train")
-            except Exception:
-                read_jsonl(path)  # raises an InputError naming the bad line
-                ds = None
-            if ds is not None and "id" not in ds.column_names: ds = None  # documents, not passages: chunk them
-        if ds is None: ds = load_corpus(path, verbose=False)
-    for col in ("id", "text"):
-        if col not in ds.column_names:
-            raise InputError(f"corpus has no '{col}' column (columns: {', '.join(ds.column_names)})")
-    ids = ds["id"]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise InputError(f"corpus: duplicate passage id '{dup}'")
-    if "embeddings" in ds.column_names: ds = ds.remove_columns("embeddings")
-    return ds
-
 # %% ../nbs/05_search.ipynb #c014
 class SearchIndex:
-    "Passages + their embeddings + a faiss index (+ BM25), built once, saved to a folder and reloaded without re-embedding."
-
-    def __init__(self, dataset, model_name_or_path: str, manifest: dict, bm25=None, model=None):
-        self.dataset, self.model_name_or_path, self.manifest, self.bm25 = dataset, model_name_or_path, manifest, bm25
-        self._model = model
-        self._row = {pid: i for i, pid in enumerate(dataset["id"])}
+    "Passages + their embeddings + a faiss index + BM25, ranked by a `Retriever`; saved to a folder, reloaded as is."
+    def __init__(self, dataset, manifest: dict, bm25: BM25 | None = None):
+        self.dataset, self.manifest, self.bm25, self.faiss_index = dataset, manifest, bm25, None
 
     def __len__(self): return len(self.dataset)
     def __repr__(self):
         m = self.manifest
-        return (f"SearchIndex({len(self)} passages, model={m['model']}, faiss={m['index_factory']}, "
-                f"dims={m['dims']}, bm25={'yes' if self.bm25 is not None else 'no'})")
+        return (f"SearchIndex({len(self)} passages, model={m['model']}, faiss={m['index_factory']}, dims={m['dims']}, "
+                f"bm25={'yes' if self.bm25 is not None else 'no'}, fusion weight={m['fusion_weight']})")
 
     @property
-    def model(self):
-        "The query encoder (the model that embedded the passages), loaded on first use."
-        if self._model is None: self._model = load_embedder(self.model_name_or_path)
-        return self._model
+    def model_name_or_path(self) -> str: return self.manifest["model"]
+
+    @property
+    def retriever(self) -> Retriever:
+        "The ranking part: this index's faiss index and BM25, its model, query prompt and fusion weight."
+        m = self.manifest
+        return Retriever(self.faiss_index, self.bm25, model=m["model"], fusion_weight=m["fusion_weight"],
+                         fusion=m.get("fusion", "wsum"), query_prompt=m.get("query_prompt"))
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        "Normalised float32 embeddings (cosine = inner product)."
-        return np.asarray(self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                            show_progress_bar=False), dtype=np.float32)
+        "Normalised float32 query embeddings by the index's model (cosine = inner product)."
+        return self.retriever.encode(check_queries(texts), batch_size)
 
-    @classmethod
-    def build(cls, corpus, model_name_or_path: str | None = None, index_factory: str = "Flat",
-              text_fields=("title", "text"), batch_size: int = 64, use_gpu: bool | None = None,
-              bm25: bool = True) -> "SearchIndex":
-        "Embed `corpus` (Dataset or corpus JSONL path) with the seed's `map(embed)` and index it with faiss (+ BM25)."
-        import faiss
-        ds = _load_passages(corpus)
-        text_fields = tuple(f for f in text_fields if f in ds.column_names) or ("text",)
-        model_path = resolve_embedder(model_name_or_path)
-        model = load_embedder(model_path)
-        fp = corpus_fingerprint(ds["text"])
+# %% ../nbs/05_search.ipynb #c016f
+@patch
+def _add_faiss(self: SearchIndex, use_gpu: bool | None = None, file: str | Path | None = None):
+    "Attach the faiss index to the dataset's `embeddings` column: built from the factory string, or read from `file`."
+    import faiss
+    factory = self.manifest["index_factory"]
+    if use_gpu is None: use_gpu = faiss.get_num_gpus() > 0
+    if use_gpu and not _gpu_ok(factory):
+        print(f"faiss has no GPU version of {factory}: searching on the CPU"); use_gpu = False
+    device = 0 if use_gpu else None
+    if file is not None: self.dataset.load_faiss_index("embeddings", file, device=device)
+    else:
+        train = len(self.dataset) if _needs_training(factory) else None
+        self.dataset.add_faiss_index("embeddings", string_factory=factory, metric_type=faiss.METRIC_INNER_PRODUCT,
+                                     device=device, train_size=train)
+    self.faiss_index = self.dataset.get_index("embeddings").faiss_index
+    self.set_search_params()
 
-        def embed(batch):
-            "adds a column to the dataset called 'embeddings' (title and text, normalised)"
-            information = [_passage_text(batch, text_fields, i) for i in range(len(batch["text"]))]
-            return {"embeddings": model.encode(information, batch_size=batch_size, normalize_embeddings=True,
-                                               show_progress_bar=False)}
+@patch
+def set_search_params(self: SearchIndex, nprobe: int | None = None, efSearch: int | None = None):
+    "Accuracy/speed knobs of approximate indexes: IVF `nprobe` (clusters visited), HNSW `efSearch` (graph breadth)."
+    import faiss
+    factory = self.manifest["index_factory"]
+    ps = faiss.ParameterSpace()
+    if "IVF" in factory:
+        ps.set_index_parameter(self.faiss_index, "nprobe", nprobe or self.manifest.get("nprobe", 8))
+    if "HNSW" in factory:
+        ps.set_index_parameter(self.faiss_index, "efSearch", efSearch or self.manifest.get("efSearch", 64))
 
-        key = hashlib.sha256(f"{fp}|{model_path}|{text_fields}".encode()).hexdigest()[:16]
-        ds = ds.map(embed, batched=True, batch_size=batch_size, desc="embedding passages", new_fingerprint=key)
-        dims = len(ds[0]["embeddings"])
-        index = cls(ds, model_path, {}, model=model)
-        index.manifest = dict(model=model_path, index_factory=index_factory, metric="inner_product", normalized=True,
-                              dims=dims, passages=len(ds), corpus_fingerprint=fp, text_fields=list(text_fields),
-                              bm25=bool(bm25), fusion_weights=list(FUSION_WEIGHTS), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        index._add_faiss(use_gpu)
-        if bm25: index._build_bm25()
-        return index
+# %% ../nbs/05_search.ipynb #c014b
+def _corpus_file(corpus) -> str | None:
+    return str(Path(corpus).expanduser().resolve()) if isinstance(corpus, (str, Path)) else None
 
-    def _add_faiss(self, use_gpu: bool | None = None, file: str | Path | None = None):
-        import faiss
-        factory = self.manifest["index_factory"]
-        if use_gpu is None: use_gpu = faiss.get_num_gpus() > 0
-        if use_gpu and not _gpu_ok(factory):
-            print(f"faiss has no GPU version of {factory}: searching on the CPU"); use_gpu = False
-        device = 0 if use_gpu else None
-        if file is not None: self.dataset.load_faiss_index("embeddings", file, device=device)
-        else:
-            train = len(self.dataset) if _needs_training(factory) else None
-            self.dataset.add_faiss_index("embeddings", string_factory=factory, metric_type=faiss.METRIC_INNER_PRODUCT,
-                                         device=device, train_size=train)
-        self.faiss_index = self.dataset.get_index("embeddings").faiss_index
-        self.set_search_params()
+@patch(cls_method=True)
+def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index_factory: str = "Flat",
+          text_fields=TEXT_FIELDS, batch_size: int = 64, use_gpu: bool | None = None, bm25: bool = True,
+          fusion_weight: float | None = None, query_prompt: str | None = None, cache_dir=None) -> SearchIndex:
+    "Embed `corpus` (title + text; cached) and index it with faiss (+ BM25). The model is recorded by absolute path."
+    fusion_weight = DEFAULT_FUSION_WEIGHT if fusion_weight is None else float(fusion_weight)
+    if not 0 <= fusion_weight <= 1: raise InputError(f"the fusion weight must be between 0 and 1, got {fusion_weight}")
+    ds = load_passages(corpus)
+    fields = [f for f in text_fields if f in ds.column_names] or ["text"]
+    texts = passage_texts(ds, fields)
+    model, fp = model_identity(model_name_or_path)
+    emb = encode_cached(model, texts, cache_dir, batch_size)
+    ds = ds.add_column("embeddings", list(emb))
+    manifest = dict(format=INDEX_FORMAT, model=model, model_fingerprint=fp, index_factory=index_factory,
+                    metric="inner_product", normalized=True, dims=int(emb.shape[1]), passages=len(ds),
+                    corpus_fingerprint=corpus_fingerprint(ds["text"]), corpus_file=_corpus_file(corpus),
+                    text_fields=fields, bm25=bool(bm25), fusion="wsum", fusion_weight=fusion_weight,
+                    query_prompt=query_prompt or None, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    index = cls(ds, manifest, bm25=build_bm25(texts) if bm25 else None)
+    index._add_faiss(use_gpu)
+    return index
 
-    def set_search_params(self, nprobe: int | None = None, efSearch: int | None = None):
-        "Accuracy/speed knobs of approximate indexes: IVF `nprobe` (clusters visited), HNSW `efSearch` (graph breadth)."
-        import faiss
-        factory = self.manifest["index_factory"]
-        ps = faiss.ParameterSpace()
-        if "IVF" in factory:
-            ps.set_index_parameter(self.faiss_index, "nprobe", nprobe or self.manifest.get("nprobe", 8))
-        if "HNSW" in factory:
-            ps.set_index_parameter(self.faiss_index, "efSearch", efSearch or self.manifest.get("efSearch", 64))
+# %% ../nbs/05_search.ipynb #c016s
+def _ranks(part, qi: int, lexical: bool = False) -> tuple[dict, dict]:
+    "`({row: rank}, {row: score})` of one query's entries in a `(scores, rows)` ranking (BM25's: score > 0 only)."
+    if part is None: return {}, {}
+    s, r = part[0][qi], part[1][qi]
+    ok = (r >= 0) & (s > 0) if lexical else r >= 0
+    return {int(x): n for n, x in enumerate(r[ok], 1)}, {int(x): float(v) for x, v in zip(r[ok], s[ok])}
 
-    def _bm25_texts(self):
-        ds, fields = self.dataset, self.manifest["text_fields"]
-        cols = {f: ds[f] for f in fields}
-        return [_passage_text(cols, fields, i) for i in range(len(ds))]
+def _jsonable(v):
+    "Field values as JSON can write them: dates and datetimes (from a user's Dataset) as ISO strings."
+    return v.isoformat() if hasattr(v, "isoformat") else v
 
-    def _build_bm25(self):
-        from archivesrag.evaluation import build_bm25
-        self.bm25 = build_bm25(self._bm25_texts())
+@patch
+def _results(self: SearchIndex, rk: Rankings, qi: int, rows, scores, retrieval: str) -> list[dict]:
+    "One query's result dicts: the passage's fields, the chosen score, the cosine, and both ranks."
+    if not len(rows): return []
+    d_rank, _ = _ranks(rk.dense, qi)
+    b_rank, b_score = _ranks(rk.lexical, qi, lexical=True)
+    batch = self.dataset[[int(r) for r in rows]]  # one read for all k passages
+    cos = np.asarray(batch.pop("embeddings"), dtype=np.float32) @ rk.qvecs[qi]  # cosine, whatever `retrieval`
+    out = []
+    for n, row in enumerate(map(int, rows)):
+        rec = {c: _jsonable(v[n]) for c, v in batch.items()}
+        out.append({"rank": n + 1, "id": rec.pop("id"), "title": rec.pop("title", ""), "score": float(scores[n]),
+                    "dense_score": float(cos[n]), "bm25_score": b_score.get(row), "dense_rank": d_rank.get(row),
+                    "bm25_rank": b_rank.get(row), "retrieval": retrieval, **rec})
+    return out
 
-    # ---- save / load -------------------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        "Write `dataset/` (save_to_disk), `embeddings.faiss`, `bm25/` and `manifest.json` (last: marks the folder complete)."
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / MANIFEST).unlink(missing_ok=True)
-        faiss_file = folder / "embeddings.faiss"
-        self.dataset.save_faiss_index("embeddings", faiss_file)
-        ds_dir = (folder / "dataset").resolve()
-        if not any(Path(f["filename"]).resolve().is_relative_to(ds_dir) for f in self.dataset.cache_files):
-            self.dataset.drop_index("embeddings")  # datasets refuses to save a dataset with an index attached
-            try:  # into a temporary folder first: a crash never leaves half a dataset behind
-                part = folder / "dataset.partial"
-                if part.exists(): shutil.rmtree(part)
-                self.dataset.save_to_disk(str(part))
-                if ds_dir.exists(): shutil.rmtree(ds_dir)
-                part.rename(ds_dir)
-            finally: self._add_faiss(file=faiss_file, use_gpu=self.manifest.get("use_gpu"))
-        # else: this index was loaded from `folder`; its dataset is already there (datasets are immutable)
-        if self.bm25 is not None:
-            if (folder / "bm25").exists(): shutil.rmtree(folder / "bm25")
-            self.bm25.save(str(folder / "bm25"))
-            self.manifest["bm25_class"] = f"{type(self.bm25).__module__}:{type(self.bm25).__qualname__}"
-        (folder / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
-        return folder
+@patch
+def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str | None = None, depth: int = 100,
+           fusion_weight: float | None = None) -> list[dict] | list[list[dict]]:
+    "Top-`k` passages for `query` (a list of queries gives a list of lists): dicts with id, title, score, ranks, text."
+    retrieval = retrieval or DEFAULT_RETRIEVAL
+    if retrieval not in RETRIEVALS: raise InputError(f"retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
+    if retrieval == "bm25" and self.bm25 is None: raise InputError("this index has no BM25 part; use --retrieval dense or rebuild the index")
+    if self.bm25 is None: retrieval = "dense"  # an index built with bm25=False: dense is all it can do
+    queries = check_queries(query)
+    if not queries: return []
+    k = max(1, min(int(k), len(self)))
+    r = self.retriever
+    rk = r.rank(queries, max(depth, k))  # both rankings, whatever `retrieval` is: every result shows both ranks
+    hits = r.select(rk, k, retrieval, weight=fusion_weight)
+    out = [self._results(rk, qi, rows, scores, retrieval) for qi, (rows, scores) in enumerate(hits)]
+    return out[0] if isinstance(query, str) else out
 
-    @classmethod
-    def load(cls, folder: str | Path, model_name_or_path: str | None = None, use_gpu: bool | None = None) -> "SearchIndex":
-        "Reload a saved index; nothing is re-embedded. Refuses a query model other than the one that built it."
-        from datasets import load_from_disk
-        folder = Path(folder)
-        if not (folder / MANIFEST).exists():
-            raise InputError(f"{folder}: not a complete search index (no {MANIFEST}); build it again with "
-                             "`archivesrag search --index_dir` and a --corpus_file")
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if model_name_or_path is not None:
-            asked = resolve_embedder(model_name_or_path)
-            if os.path.normpath(asked) != os.path.normpath(manifest["model"]):
-                raise InputError(f"{folder}: this index was built with the model {manifest['model']}, not {asked}; "
-                                 "vectors from different models cannot be compared. Use the same model, or build a "
-                                 "new index (another --index_dir) with this one")
-        index = cls(load_from_disk(str(folder / "dataset")), manifest["model"], manifest)
-        index._add_faiss(use_gpu, file=folder / "embeddings.faiss")
-        if manifest.get("bm25") and (folder / "bm25").exists():
-            mod, name = manifest.get("bm25_class", "bm25s:BM25").split(":")
-            bm25_cls = importlib.import_module(mod)
-            for part in name.split("."): bm25_cls = getattr(bm25_cls, part)
-            index.bm25 = bm25_cls.load(str(folder / "bm25"))
-        return index
+# %% ../nbs/05_search.ipynb #c016u
+@patch
+def search_examples(self: SearchIndex, query: str, k: int = 3, retrieval: str = "dense"):
+    "The seed's return shape: `(scores, retrieved_examples)`, the examples as a dict of columns."
+    if retrieval == "dense":
+        qv = self.encode([query])[0]
+        scores, ex = self.dataset.get_nearest_examples("embeddings", qv, k=min(k, len(self)))
+        ex.pop("embeddings", None)
+        return [float(s) for s in scores], ex
+    res = self.search(query, k=k, retrieval=retrieval)
+    cols = [c for c in self.dataset.column_names if c != "embeddings"]
+    return [r["score"] for r in res], {c: [r.get(c) for r in res] for c in cols}
 
-    # ---- search ------------------------------------------------------------------------------------------------
-    def _dense(self, qvecs: np.ndarray, depth: int):
-        scores, rows = self.dataset.search_batch("embeddings", qvecs, k=depth)
-        return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
+# %% ../nbs/05_search.ipynb #c016w
+def _atomic_write(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    def _lexical(self, queries: list[str], depth: int):
-        from archivesrag.evaluation import bm25_search
-        rows, scores = bm25_search(self.bm25, queries, depth)
-        return [[(int(r), float(s)) for r, s in zip(rr, ss) if s > 0] for rr, ss in zip(rows, scores)]
+@patch
+def save(self: SearchIndex, folder: str | Path) -> Path:
+    "Write `dataset/` (save_to_disk), `embeddings.faiss`, `bm25/` and `manifest.json` (last: marks the folder complete)."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)
+    faiss_file = folder / "embeddings.faiss"
+    self.dataset.save_faiss_index("embeddings", faiss_file)
+    ds_dir = (folder / "dataset").resolve()
+    if not any(Path(f["filename"]).resolve().is_relative_to(ds_dir) for f in self.dataset.cache_files):
+        self.dataset.drop_index("embeddings")  # datasets refuses to save a dataset with an index attached
+        try:  # into a temporary folder first: a crash never leaves half a dataset behind
+            part = folder / "dataset.partial"
+            if part.exists(): shutil.rmtree(part)
+            self.dataset.save_to_disk(str(part))
+            if ds_dir.exists(): shutil.rmtree(ds_dir)
+            part.rename(ds_dir)
+        finally: self._add_faiss(file=faiss_file, use_gpu=self.manifest.get("use_gpu"))
+    # else: this index was loaded from `folder`; its dataset is already there (datasets are immutable)
+    if self.bm25 is not None:
+        if (folder / "bm25").exists(): shutil.rmtree(folder / "bm25")
+        self.bm25.save(str(folder / "bm25"))
+    _atomic_write(folder / MANIFEST, json.dumps(self.manifest, indent=2))
+    return folder
 
-    def search(self, query: str | list[str], k: int = 3, retrieval: str | None = None, depth: int = 100,
-               fusion: str = "wsum", weights=None) -> list[dict] | list[list[dict]]:
-        "Top-`k` passages for `query` (a list of queries gives a list of lists): dicts with id, title, score, ranks, text."
-        retrieval = retrieval or DEFAULT_RETRIEVAL
-        if retrieval not in RETRIEVALS: raise InputError(f"retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
-        if retrieval == "bm25" and self.bm25 is None:
-            raise InputError("this index has no BM25 part; use --retrieval dense or rebuild the index")
-        if self.bm25 is None: retrieval = "dense"  # an index built with bm25=False: dense is all it can do
-        single = isinstance(query, str)
-        queries = [query] if single else list(query)
-        if not queries: return []
-        k = max(1, min(int(k), len(self)))
-        depth = min(len(self), max(depth, k))
-        qvecs = self.encode(queries)
-        # both rankings are computed whatever `retrieval` is (cheap), so every result shows both ranks
-        dense = self._dense(qvecs, depth)
-        lex = self._lexical(queries, depth) if self.bm25 is not None else None
-        dense = dense if dense is not None else [[] for _ in queries]
-        lex = lex if lex is not None else [[] for _ in queries]
-        fused = self._fuse(dense, lex, fusion, weights) if retrieval == "hybrid" else None
-        out = []
-        for qi in range(len(queries)):
-            d, b = dense[qi], lex[qi]
-            d_rank = {r: n for n, (r, _) in enumerate(d, 1)}
-            b_rank = {r: n for n, (r, _) in enumerate(b, 1)}
-            b_score = dict(b)
-            if retrieval == "dense": ranked = d[:k]
-            elif retrieval == "bm25": ranked = b[:k]
-            else: ranked = fused[qi][:k]
-            res = []
-            for n, (row, score) in enumerate(ranked, 1):
-                rec = dict(self.dataset[row])
-                c = float(np.asarray(rec.pop("embeddings"), dtype=np.float32) @ qvecs[qi])  # cosine, whatever `retrieval`
-                res.append({"rank": n, "id": rec.pop("id"), "title": rec.pop("title", ""), "score": float(score),
-                            "dense_score": float(c), "bm25_score": b_score.get(row), "dense_rank": d_rank.get(row),
-                            "bm25_rank": b_rank.get(row), "retrieval": retrieval, **rec})
-            out.append(res)
-        return out[0] if single else out
+# %% ../nbs/05_search.ipynb #c017l
+def rebuild_hint(folder: Path, manifest: dict | None = None) -> str:
+    "How to rebuild the index in `folder`: the command, with its corpus and model when the manifest names them."
+    m = manifest or {}
+    model = f" --model_name_or_path {m['model']}" if m.get("model") else ""
+    return (f"rebuild it: delete {folder} and run `archivesrag search --index_dir {folder} "
+            f"--corpus_file {m.get('corpus_file') or 'CORPUS'}{model} \"a query\"`")
 
-    def _fuse(self, dense, lex, method, weights):
-        "Each query's dense and BM25 rankings fused by ranx; all queries in one call, as ranx's cost is mostly per call."
-        from archivesrag.evaluation import fuse_runs
-        out = [list(d) if d else list(b) for d, b in zip(dense, lex)]  # one ranking empty: the other is the fusion
-        both = [i for i, (d, b) in enumerate(zip(dense, lex)) if d and b]
-        if not both: return out
-        run_d = {str(i): {str(r): s for r, s in dense[i]} for i in both}
-        run_b = {str(i): {str(r): s for r, s in lex[i]} for i in both}
-        weights = list(weights or self.manifest.get("fusion_weights") or FUSION_WEIGHTS)
-        fused = fuse_runs([run_d, run_b], method=method, weights=weights if method == "wsum" else None)
-        for i in both:
-            out[i] = sorted(((int(r), float(s)) for r, s in fused[str(i)].items()), key=lambda t: (-t[1], t[0]))
-        return out
+def _read_manifest(folder: Path) -> dict:
+    f = folder / MANIFEST
+    if not f.exists():
+        raise InputError(f"{folder}: not a complete search index (no {MANIFEST}); {rebuild_hint(folder)}")
+    try: m = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{f}: damaged ({type(e).__name__}: {e}); {rebuild_hint(folder)}") from None
+    if not isinstance(m, dict) or m.get("format") != INDEX_FORMAT:
+        got = m.get("format", "1") if isinstance(m, dict) else "?"
+        raise InputError(f"{f}: an index of format {got}, not {INDEX_FORMAT} (made by another version of archivesrag); "
+                         f"{rebuild_hint(folder, m if isinstance(m, dict) else None)}")
+    missing = [k for k in ("model", "index_factory", "passages", "fusion_weight", "bm25") if k not in m]
+    if missing: raise InputError(f"{f}: damaged (no {', '.join(missing)}); {rebuild_hint(folder)}")
+    return m
 
-    def search_examples(self, query: str, k: int = 3, retrieval: str = "dense"):
-        "The seed's return shape: `(scores, retrieved_examples)`, the examples as a dict of columns."
-        if retrieval == "dense":
-            scores, ex = self.dataset.get_nearest_examples("embeddings", self.encode([query])[0], k=min(k, len(self)))
-            ex.pop("embeddings", None)
-            return [float(s) for s in scores], ex
-        res = self.search(query, k=k, retrieval=retrieval)
-        cols = [c for c in self.dataset.column_names if c != "embeddings"]
-        return [r["score"] for r in res], {c: [r.get(c) for r in res] for c in cols}
+@contextmanager
+def _reading(path: Path, folder: Path, manifest: dict):
+    "Any failure to read a part of a saved index becomes one line: which file, and how to rebuild."
+    if not path.exists(): raise InputError(f"{path}: missing from the search index; {rebuild_hint(folder, manifest)}")
+    try: yield
+    except InputError: raise
+    except Exception as e:  # faiss raises RuntimeError, Arrow ArrowInvalid, numpy ValueError, json JSONDecodeError...
+        why = " ".join(str(e).split())[:160]
+        raise InputError(f"{path}: damaged ({type(e).__name__}: {why}); {rebuild_hint(folder, manifest)}") from None
+
+# %% ../nbs/05_search.ipynb #c017m
+def _check_model(folder: Path, m: dict, asked: str | None = None):
+    "The model that embedded the passages must be the one that will embed queries: same place, same files."
+    model, hint = m["model"], rebuild_hint(folder, m)
+    if asked is not None:
+        want = model_identity(asked)[0]
+        if os.path.normpath(want) != os.path.normpath(model):
+            raise InputError(f"{folder}: this index was built with the model {model}, not {want}; vectors from different "
+                             "models cannot be compared. Use the same model, or build a new index (another --index_dir) with this one")
+    if Path(model).is_absolute() and not Path(model).exists():
+        raise InputError(f"{folder}: this index was built with the model {model}, which is not there any more; "
+                         f"put it back, or {hint}")
+    now = model_fingerprint(model)
+    if now is None and is_offline():
+        raise InputError(f"{folder}: this index was built with the Hub model {model}, which is not in the local "
+                         f"Hugging Face cache and the Hub is out of reach; download it once, or {hint}")
+    if now is not None and m.get("model_fingerprint") and now != m["model_fingerprint"]:
+        raise InputError(f"{folder}: the model {model} has changed since this index was built (its files differ), so its "
+                         f"vectors no longer match the stored ones; {hint}")
+
+@patch(cls_method=True)
+def load(cls: SearchIndex, folder: str | Path, model_name_or_path: str | None = None, use_gpu: bool | None = None) -> SearchIndex:
+    "Reload a saved index; nothing is re-embedded. Refuses another model, a changed or missing one, and damaged files."
+    from datasets import load_from_disk
+    folder = Path(folder)
+    m = _read_manifest(folder)
+    _check_model(folder, m, model_name_or_path)
+    with _reading(folder / "dataset", folder, m): ds = load_from_disk(str(folder / "dataset"))
+    index = cls(ds, m)
+    if m["bm25"]:
+        with _reading(folder / "bm25", folder, m): index.bm25 = BM25.load(folder / "bm25")
+    with _reading(folder / "embeddings.faiss", folder, m): index._add_faiss(use_gpu, file=folder / "embeddings.faiss")
+    sizes = {"manifest.json": m["passages"], "dataset/": len(ds), "embeddings.faiss": index.faiss_index.ntotal}
+    if index.bm25 is not None: sizes["bm25/"] = index.bm25.scores["num_docs"]
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"{folder}: its parts disagree on the number of passages ({sizes}); {rebuild_hint(folder, m)}")
+    return index
 
 # %% ../nbs/05_search.ipynb #c022
 def compare_index_types(embeddings: np.ndarray, queries: np.ndarray, factories=("Flat", "IVF16,Flat", "HNSW32"),
@@ -331,28 +335,37 @@ def plot_score_distributions(index: SearchIndex, queries: list[str], k: int = 5,
     return ax
 
 # %% ../nbs/05_search.ipynb #c031
-def default_index(corpus_file: str | Path | None = None, model_name_or_path: str | None = None,
-                  index_dir: str | Path | None = None, index_factory: str = "Flat", verbose: bool = True) -> SearchIndex:
-    "Load the index in `index_dir`, or build (and save) one for `corpus_file` (default: the sample archive)."
-    if index_dir is not None and (Path(index_dir) / MANIFEST).exists():
-        return SearchIndex.load(index_dir, model_name_or_path=model_name_or_path)
-    if index_dir is not None and corpus_file is None and Path(index_dir).is_dir() and any(Path(index_dir).iterdir()):
-        SearchIndex.load(index_dir)  # a folder with files but no manifest: say so rather than overwrite it
+def _build_and_save(corpus, model_name_or_path, index_factory: str, index_dir: Path, verbose: bool) -> SearchIndex:
+    if verbose: print(f"building the search index for {corpus} in {index_dir} (once)")
+    index = SearchIndex.build(corpus, model_name_or_path=model_name_or_path, index_factory=index_factory)
+    index.save(index_dir)
+    return index
+
+def _model_or_finetuned(model_name_or_path, verbose: bool):
     if model_name_or_path is None:
         model_name_or_path = find_finetuned_model()
         if model_name_or_path and verbose: print(f"using the fine-tuned model {model_name_or_path}")
-    model_path = resolve_embedder(model_name_or_path)
+    return model_name_or_path
+
+def default_index(corpus_file: str | Path | None = None, model_name_or_path: str | None = None,
+                  index_dir: str | Path | None = None, index_factory: str = "Flat", verbose: bool = True) -> SearchIndex:
+    "The index in `index_dir` (built there from `corpus_file` if absent), else a cached one of `corpus_file` or the sample."
+    if index_dir is not None:
+        index_dir = Path(index_dir)
+        if (index_dir / MANIFEST).exists(): return SearchIndex.load(index_dir, model_name_or_path=model_name_or_path)
+        if corpus_file is None:
+            if index_dir.is_dir() and any(index_dir.iterdir()): SearchIndex.load(index_dir)  # says what is missing
+            raise InputError(f"{index_dir}: no search index here. Build one with `archivesrag search --index_dir {index_dir} "
+                             "--corpus_file CORPUS \"a query\"`, or leave out --index_dir to search the bundled sample archive")
+        return _build_and_save(corpus_file, _model_or_finetuned(model_name_or_path, verbose), index_factory, index_dir, verbose)
+    model, fp = model_identity(_model_or_finetuned(model_name_or_path, verbose))
     corpus = Path(corpus_file) if corpus_file else sample_path()
-    if index_dir is None:
-        if not corpus.exists(): raise InputError(f"{corpus}: no such file or folder")
-        st = corpus.stat()
-        key = hashlib.sha256(f"{corpus.resolve()}|{st.st_size}|{st.st_mtime_ns}|{model_path}|{index_factory}".encode()).hexdigest()[:12]
-        index_dir = _index_dir_default() / f"{corpus.stem}-{key}"
-        if (index_dir / MANIFEST).exists(): return SearchIndex.load(index_dir)
-    if verbose: print(f"building the search index for {corpus} in {index_dir} (once)")
-    index = SearchIndex.build(corpus, model_name_or_path=model_path, index_factory=index_factory)
-    index.save(index_dir)
-    return index
+    if not corpus.exists(): raise InputError(f"{corpus}: no such file or folder")
+    st = corpus.stat()
+    key = f"{INDEX_FORMAT}|{corpus.resolve()}|{st.st_size}|{st.st_mtime_ns}|{model}|{fp}|{index_factory}"
+    index_dir = _index_dir_default() / f"{corpus.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (index_dir / MANIFEST).exists(): return SearchIndex.load(index_dir)
+    return _build_and_save(corpus, model, index_factory, index_dir, verbose)
 
 def search(query: str, k: int = 3, index: SearchIndex | None = None, retrieval: str | None = None):
     "The seed's `search`: `(scores, retrieved_examples)` for `query` from `index` (default: the sample archive's)."
@@ -373,22 +386,24 @@ def format_results(results: list[dict]) -> str:
                      f"cosine {h['dense_score']:.3f}, dense rank {dr}, bm25 rank {br})\n   {_snippet(h['text'])}")
     return "\n".join(lines)
 
-def search_cli(argv=None):
+def json_lines(results: list[dict]) -> str:
+    "Search results as JSON Lines (one result per line; dates are already ISO strings)."
+    return "\n".join(json.dumps(h, ensure_ascii=False, default=str) for h in results)
+
+def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}] = None,  # the search query (quote it, or give several words)
+               k: int = 3,  # number of results
+               index_dir: str = None,  # a saved index folder (built there when --corpus_file is given); default: a cached index of the corpus
+               corpus_file: str = None,  # corpus.jsonl or any archive load_corpus reads (default: the bundled sample archive)
+               model_name_or_path: str = None,  # embedder of a new index (default: runs/*/model if trained, else the base model)
+               retrieval: str = DEFAULT_RETRIEVAL,  # hybrid, dense or bm25
+               index_factory: str = "Flat",  # faiss factory string for a new index, e.g. "HNSW32" or "IVF256,Flat"
+               json: store_true = False,  # print results as JSON Lines
+               ) -> int:
     "archivesrag search: print the top-k passages for a query."
-    p = argparse.ArgumentParser(prog="archivesrag search", description="Search an archive with the embedder, faiss and BM25.")
-    p.add_argument("query", nargs="+", help="the search query (quote it, or give several words)")
-    p.add_argument("-k", "--k", type=int, default=3, help="number of results (default 3)")
-    p.add_argument("--index_dir", default=None, help="a saved index folder (built there if missing or empty)")
-    p.add_argument("--corpus_file", default=None, help="corpus.jsonl or any archive load_corpus reads (default: the sample archive)")
-    p.add_argument("--model_name_or_path", default=None, help="query/passage embedder (default: runs/*/model if trained, else the base model)")
-    p.add_argument("--retrieval", choices=RETRIEVALS, default=DEFAULT_RETRIEVAL, help=f"default {DEFAULT_RETRIEVAL}")
-    p.add_argument("--index_factory", default="Flat", help='faiss factory string for a new index, e.g. "HNSW32" or "IVF256,Flat"')
-    p.add_argument("--json", action="store_true", help="print results as JSON Lines")
-    a = p.parse_args(argv)
-    if a.k < 1: p.error("-k must be at least 1")
-    index = default_index(a.corpus_file, a.model_name_or_path, a.index_dir, a.index_factory)
-    results = index.search(" ".join(a.query), k=a.k, retrieval=a.retrieval)
-    if a.json:
-        for h in results: print(json.dumps(h, ensure_ascii=False))
-    else: print(format_results(results))
+    if k < 1: raise InputError(f"--k must be at least 1, got {k}")
+    text = " ".join(query or [])
+    check_queries(text)  # before building or loading anything
+    index = default_index(corpus_file, model_name_or_path, index_dir, index_factory)
+    results = index.search(text, k=k, retrieval=retrieval)
+    print(json_lines(results) if json else format_results(results))
     return 0

@@ -131,13 +131,14 @@ def stage_encoding(a):
 
 def stage_search(a):
     "Search latency on CISI's queries with the fine-tuned model: ms/query without and with query encoding."
-    from archivesrag.evaluation import load_glasgow
+    from archivesrag.evaluation import load_glasgow, tuned_fusion_weight
     from archivesrag.search import SearchIndex
     out = Path(a.out)
     _, queries, qrels = load_glasgow(a.cisi)
     qs = [queries[q] for q in qrels]
     t0 = time.perf_counter()
-    index = SearchIndex.build(out / "corpus.jsonl", model_name_or_path=str(out / "model"))
+    index = SearchIndex.build(out / "corpus.jsonl", model_name_or_path=str(out / "model"),
+                              fusion_weight=tuned_fusion_weight(out / "eval" / "metrics_cisi.json"))
     build = time.perf_counter() - t0
     emb = index.encode(qs)
     t0 = time.perf_counter()

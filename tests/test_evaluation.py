@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from archivesrag.corpus import InputError, load_sample
-from archivesrag.evaluation import (BM25, METRICS, bm25_run, bm25_search, build_bm25, dense_run, evaluate, evaluate_cli,
-                                    evaluate_runs, evaluate_systems, find_cisi, fuse_runs, load_glasgow, load_split,
-                                    queries_from_records, read_glasgow_qrels, read_glasgow_records, save_split,
-                                    select_queries, split_by_document, subsample_collection, tuning_half)
+from archivesrag.evaluation import (METRICS, bm25_run, dense_run, evaluate, evaluate_runs, evaluate_systems, find_cisi,
+                                    load_glasgow, queries_from_records, read_glasgow_qrels, read_glasgow_records,
+                                    subsample_collection, system_runs, tuning_half)
 from archivesrag.models import bundled_embedder_path
+from archivesrag.negatives import load_split, save_split, select_queries, split_by_document
+from archivesrag.pipeline import main
+from archivesrag.queries import load_sample_queries
+from archivesrag.retrieval import BM25, bm25_search, build_bm25, passage_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +39,7 @@ def cisi():
 @pytest.fixture(scope="module")
 def sample_eval(corpus):
     "Held-out sample-archive queries (bundled synthetic queries, else titles) with their qrels."
-    from archivesrag.evaluation import _sample_queries
-    records = _sample_queries()
+    records = list(load_sample_queries())
     have = {r["id"] for r in records}  # passages without a bundled query get their title as the query
     records += [{"id": i, "query": t} for i, t in zip(corpus["id"], corpus["title"]) if i not in have]
     split = split_by_document(corpus, seed=42)
@@ -116,7 +118,7 @@ def test_glasgow_malformed_input_names_file_and_line(tmp_path):
 
 def test_cisi_bm25_ndcg(cisi):
     corpus, queries, qrels = cisi
-    texts = [f"{t}\n{x}" for t, x in zip(corpus["title"], corpus["text"])]
+    texts = passage_texts(corpus)
     ids = list(corpus["id"])
     # the configuration the issue measured: bm25s, English stopwords, no stemmer -> 0.349
     plain = evaluate_runs(qrels, {"bm25": bm25_run(build_bm25(texts, stemmer=None), queries, ids, k=100)})
@@ -163,43 +165,31 @@ def test_bm25_save_load_keeps_the_stemmer(corpus, tmp_path):
 
 def test_hybrid_differs_from_both_singles(corpus, sample_eval):
     split, queries, qrels = sample_eval
-    ids, texts = list(corpus["id"]), list(corpus["text"])
-    lex = bm25_run(build_bm25(texts), queries, ids, k=20)
-    dense = dense_run(str(bundled_embedder_path()), texts, ids, queries, k=20)
-    for method in ("wsum", "rrf"):
-        fused = fuse_runs([dense, lex], method=method, weights=[0.5, 0.5] if method == "wsum" else None)
-        top = lambda run: [tuple(sorted(run[q], key=run[q].get, reverse=True)[:10]) for q in sorted(queries)]
-        assert top(fused) != top(dense) and top(fused) != top(lex), method
+    runs, fusion = system_runs(corpus, queries, {"BM25": "bm25", "MiniLM": str(bundled_embedder_path())}, k=20,
+                               fusion_weight=0.5)
+    top = lambda run: [tuple(list(run[q])[:10]) for q in sorted(queries)]  # runs are in rank order
+    for fused in ("MiniLM+BM25", "MiniLM+BM25 RRF"):
+        assert top(runs[fused]) != top(runs["MiniLM"]) and top(runs[fused]) != top(runs["BM25"]), fused
+    assert fusion["MiniLM+BM25"]["depth"] == 100  # fused at the depth search fuses at
     res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "MiniLM": str(bundled_embedder_path())},
-                           text_fields=("text",), fusion_weight=0.5)
+                           fusion_weight=0.5)
     pq = res["per_query"]
     for single in ("BM25", "MiniLM"):
         assert any(v["MiniLM+BM25"] != v[single] for v in pq.values()), single
-    assert res["fusion"]["MiniLM+BM25"]["weights"] == {"MiniLM": 0.5, "BM25": 0.5}
+    assert res["fusion"]["MiniLM+BM25"]["weights"] == {"MiniLM": 0.5, "BM25": 0.5} and res["fusion_weight"] == {"MiniLM": 0.5}
+    assert res["text_fields"] == ["title", "text"]  # passages read as the search index reads them
 
 
 def test_reference_code_query_hybrid_first(corpus):
-    ids, texts = list(corpus["id"]), list(corpus["text"])
+    ids, texts = list(corpus["id"]), passage_texts(corpus)
     code = "PA/AR/2017-012"
     target = next(i for i, t in zip(ids, texts) if code in t)
     queries = {"code": code}
-    lex = bm25_run(build_bm25(texts), queries, ids, k=10)
-    dense = dense_run(str(bundled_embedder_path()), texts, ids, queries, k=10)
-    fused = fuse_runs([dense, lex], "wsum", weights=[0.5, 0.5])["code"]
-    assert max(fused, key=fused.get) == target
-
-
-def test_fuse_runs_shapes_and_errors():
-    a = {"q1": {"d1": 0.9, "d2": 0.8, "d5": 0.1}, "q2": {"d3": 0.7}}
-    b = {"q1": {"d2": 12.0, "d4": 3.0}}  # q2: BM25 found nothing
-    fused = fuse_runs([a, b], "wsum", weights=[0.5, 0.5])
-    assert set(fused) == {"q1", "q2"} and max(fused["q1"], key=fused["q1"].get) == "d2"
-    rrf = fuse_runs([a, b], "rrf")
-    assert abs(rrf["q1"]["d2"] - (1 / 62 + 1 / 61)) < 1e-9
-    with pytest.raises(InputError, match="at least two"):
-        fuse_runs([a], "wsum")
-    with pytest.raises(InputError, match="unknown fusion method"):
-        fuse_runs([a, b], "max")
+    runs, _ = system_runs(corpus, queries, {"MiniLM": str(bundled_embedder_path())}, k=10, fusion_weight=0.5)
+    assert next(iter(runs["MiniLM+BM25"]["code"])) == target
+    assert list(bm25_run(build_bm25(texts), queries, ids, k=10)["code"])[0] == target
+    dense = dense_run(str(bundled_embedder_path()), texts, ids, queries, k=10)["code"]
+    assert list(dense.values()) == sorted(dense.values(), reverse=True)
 
 
 # ---- evaluate / CLI -------------------------------------------------------------------------------------------------
@@ -209,10 +199,9 @@ def test_evaluate_with_finetuned_model_writes_metrics_plots_and_card(corpus, tmp
     # corpus.jsonl, queries.jsonl, split.json, and a "fine-tuned" model folder = the bundled MiniLM's files
     # (linked) plus a model card, as `archivesrag train` leaves it.
     from archivesrag.corpus import save_corpus, write_jsonl
-    from archivesrag.evaluation import _sample_queries
     part = corpus.select(range(40))
     save_corpus(part, tmp_path / "corpus.jsonl")
-    records = _sample_queries() or [{"id": i, "query": t} for i, t in zip(corpus["id"], corpus["title"])]
+    records = list(load_sample_queries())
     write_jsonl(select_queries(records, part["id"]), tmp_path / "queries.jsonl")
     split_file = save_split(split_by_document(part, test_size=0.3, seed=42), tmp_path / "split.json")
     model = tmp_path / "model"
@@ -238,8 +227,8 @@ def test_evaluate_with_finetuned_model_writes_metrics_plots_and_card(corpus, tmp
 
 
 def test_cli_on_cisi_prints_the_table(cisi, capsys, tmp_path):
-    rc = evaluate_cli(["--collection", f"cisi:{find_cisi()}", "--retrieval", "bm25", "--output_dir", str(tmp_path),
-                       "--no_plots"])
+    rc = main(["evaluate", "--collection", f"cisi:{find_cisi()}", "--retrieval", "bm25", "--output_dir", str(tmp_path),
+               "--no_plots"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "CISI" in out and "ndcg@10" in out and "map@100" in out and "BM25" in out

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from archivesrag.corpus import InputError, load_sample, read_jsonl, save_corpus, write_jsonl
-from archivesrag.negatives import (_key, embedding_cache_path, encode_cached, load_training_records, mine_hard_negatives,
-                                   parse_range)
+from archivesrag.negatives import (_key, held_out_ids, load_split, load_training_records, mine_hard_negatives, parse_range,
+                                   pool_from_passages, save_split, split_by_document)
+from archivesrag.retrieval import embedding_cache_path, encode_cached
 from archivesrag.models import resolve_embedder
 from archivesrag.pipeline import main
 
@@ -166,7 +167,7 @@ def test_bad_input_names_file_and_line(tmp_path):
     pool.write_text('{"id": "x", "body": "no text field"}\n')
     ok = tmp_path / "ok.jsonl"
     ok.write_text('{"id": "a", "query": "q", "positive": ["p"]}\n')
-    with pytest.raises(InputError, match=r"pool.jsonl:1: candidate passage has no 'text'"):
+    with pytest.raises(InputError, match=r"pool.jsonl:1: record has no 'text'"):
         mine_hard_negatives(ok, tmp_path / "out.jsonl", candidate_pool=pool, cache_dir=tmp_path)
 
 
@@ -194,3 +195,23 @@ def test_seed_command_line_as_written(data):
     assert (d / "query_minedHN.jsonl").read_bytes() == (d / "minedHN.jsonl").read_bytes()
     lines = [json.loads(x) for x in (d / "query_minedHN.jsonl").read_text().splitlines()]
     assert all({"query", "pos", "neg"} <= set(r) for r in lines)
+
+
+def test_pool_through_load_passages_counts_skips(tmp_path):
+    write_jsonl([{"id": "a", "text": "Payroll records: 7 years."}, {"id": "b", "text": "payroll records:   7 YEARS."},
+                 {"id": "c", "text": "  "}, {"id": "d", "text": "Maps: permanent."}], tmp_path / "pool.jsonl")
+    ids, texts, report = pool_from_passages(tmp_path / "pool.jsonl", exclude_ids={"d"})
+    assert ids == ["a"] and report == {"skipped_duplicate_text": 1, "skipped_empty_text": 1, "pool_held_out": 1}
+
+
+def test_split_file_keeps_held_out_passages_out_of_mining(data, tmp_path):
+    split = split_by_document(data["corpus"], test_size=0.3, seed=3)
+    save_split(split, tmp_path / "split.json")
+    held = held_out_ids(load_split(tmp_path / "split.json"))
+    s = mine_hard_negatives(data["dir"] / "query.jsonl", tmp_path / "mined.jsonl", candidate_pool=data["dir"] / "corpus.jsonl",
+                            split_file=tmp_path / "split.json", cache_dir=data["cache"])
+    mined = read_jsonl(tmp_path / "mined.jsonl")
+    assert mined and not {r["id"] for r in mined} & held
+    assert not {n for r in mined for n in r["neg_ids"]} & held
+    assert s["skipped_held_out_query"] == sum(q["id"] in held for q in data["queries"])
+    assert s["pool_held_out"] == len(held) and s["pool_size"] == len(data["corpus"]) - len(held)

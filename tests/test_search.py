@@ -2,13 +2,18 @@
 
 Real parts only: the bundled MiniLM, faiss, bm25s, files on disk, the installed CLI."""
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from archivesrag.corpus import InputError, load_corpus, read_jsonl, sample_path, write_jsonl
-from archivesrag.search import SearchIndex, compare_index_types, search
+from archivesrag.models import resolve_embedder
+from archivesrag.search import SearchIndex, compare_index_types, default_index, search
 from helpers import run_cli as _cli
 
 CODE = "PA/RS/2019-044"  # a retention-schedule reference code that occurs in one passage of the sample archive
@@ -47,8 +52,9 @@ def test_build_save_reload_same_topk(built, passages):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["dims"] == 384 and manifest["passages"] == len(passages) and manifest["index_factory"] == "Flat"
     assert manifest["model"] == index.model_name_or_path and len(manifest["corpus_fingerprint"]) == 16
+    assert os.path.isabs(manifest["model"]) and len(manifest["model_fingerprint"]) == 16
+    assert manifest["text_fields"] == ["title", "text"] and manifest["fusion_weight"] == 0.3
     again = SearchIndex.load(folder)
-    assert again._model is None  # nothing was embedded (the encoder is not even loaded) until a query comes
     assert again.faiss_index.ntotal == len(passages) and again.bm25 is not None
     for retrieval in ("dense", "bm25", "hybrid"):
         before = index.search(QUERIES, k=5, retrieval=retrieval)
@@ -144,7 +150,7 @@ def test_bad_corpus_names_file_and_line(tmp_path):
 
 def test_cli_search_offline(corpus_file, tmp_path):
     index_dir = tmp_path / "cli-index"
-    r = _cli("search", "building permit files retention", "-k", "3", "--corpus_file", str(corpus_file),
+    r = _cli("search", "building permit files retention", "--k", "3", "--corpus_file", str(corpus_file),
              "--index_dir", str(index_dir), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (index_dir / "manifest.json").exists()
@@ -153,7 +159,7 @@ def test_cli_search_offline(corpus_file, tmp_path):
     assert [l.split(".")[0] for l in ranked] == ["1", "2", "3"]
     assert "dense rank" in r.stdout and "bm25 rank" in r.stdout and "score" in r.stdout
     # second run: loads the saved index (no --corpus_file), exact code query first
-    r3 = _cli("search", CODE, "-k", "1", "--index_dir", str(index_dir), "--json", cwd=tmp_path)
+    r3 = _cli("search", CODE, "--k", "1", "--index_dir", str(index_dir), "--json", cwd=tmp_path)
     hit = json.loads(r3.stdout.strip().splitlines()[-1])
     assert CODE in hit["text"] and hit["retrieval"] == "hybrid"
 
@@ -164,3 +170,86 @@ def test_cli_errors_are_one_line(tmp_path):
     r = _cli("search", "x", "--corpus_file", str(bad), "--index_dir", str(tmp_path / "ix"), cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "corpus.jsonl:2: malformed JSON" in r.stderr.strip().splitlines()[-1]
+
+
+# ---- an index is bound to its model ---------------------------------------------------------------------------------
+
+def test_index_refuses_a_changed_or_missing_model(passages, tmp_path, monkeypatch):
+    model = tmp_path / "archivesrag"  # a model folder of our own, named by a relative path as a user would
+    shutil.copytree(resolve_embedder(None), model)
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path)
+        SearchIndex.build(passages.select(range(8)), model_name_or_path="archivesrag").save(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["model"] == str(model.resolve())  # absolute: the index opens from any folder
+    assert SearchIndex.load(tmp_path / "ix").search(QUERIES[0], k=1)
+    (model / "README.md").write_text("# a model card edited by `archivesrag evaluate`\n")  # not weights: still fine
+    SearchIndex.load(tmp_path / "ix")
+    os.utime(model / "model.safetensors", (1, 1))  # the weights changed after the index was built
+    with pytest.raises(InputError, match="has changed since this index was built.*rebuild it: delete"):
+        SearchIndex.load(tmp_path / "ix")
+    shutil.rmtree(model)
+    r = _cli("search", "permits", "--index_dir", tmp_path / "ix", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "offline: using" not in r.stdout
+    assert "which is not there any more" in r.stderr.strip().splitlines()[-1]
+
+
+# ---- issue 13: damaged index files, dates, mistyped folders, bad queries -------------------------------------------
+
+def _damage(folder, how):
+    if how == "truncated faiss":
+        f = folder / "embeddings.faiss"; f.write_bytes(f.read_bytes()[:200]); return "embeddings.faiss: damaged"
+    if how == "deleted faiss":
+        (folder / "embeddings.faiss").unlink(); return "embeddings.faiss: missing"
+    if how == "truncated arrow":
+        f = next((folder / "dataset").glob("*.arrow")); f.write_bytes(f.read_bytes()[:300]); return "dataset: damaged"
+    if how == "broken manifest":
+        (folder / "manifest.json").write_text('{"format": 2, "model": '); return "manifest.json: damaged"
+    if how == "damaged bm25":
+        f = next((folder / "bm25").glob("*.npy")); f.write_bytes(f.read_bytes()[:20]); return "bm25: damaged"
+
+
+@pytest.mark.parametrize("how", ["truncated faiss", "deleted faiss", "truncated arrow", "broken manifest", "damaged bm25"])
+def test_damaged_index_is_one_line_naming_the_file(built, tmp_path, how):
+    _, folder = built
+    copy = tmp_path / "index"
+    shutil.copytree(folder, copy)
+    expected = _damage(copy, how)
+    with pytest.raises(InputError, match=re.escape(expected)): SearchIndex.load(copy)
+    r = _cli("search", "permits", "--index_dir", copy, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("archivesrag search: error:") and expected in line
+    assert "rebuild" in line and "archivesrag search --index_dir" in line
+
+
+def test_json_output_with_dates(tmp_path):
+    docs = [{"id": f"D-{i}", "title": f"Permit file {i}", "text": f"Building permit {i} approved; kept 10 years.",
+             "date": f"2019-03-0{i}"} for i in range(1, 5)]
+    write_jsonl(docs, tmp_path / "dated.jsonl")
+    r = _cli("search", "building permit", "--corpus_file", tmp_path / "dated.jsonl", "--index_dir", tmp_path / "ix",
+             "--json", "--k", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hits = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    assert len(hits) == 2 and all(re.fullmatch(r"2019-03-0\d", h["date"]) for h in hits)
+
+
+def test_mistyped_index_dir_is_an_error_unless_a_corpus_is_given(corpus_file, tmp_path):
+    r = _cli("search", "permits", "--index_dir", tmp_path / "indx-typo", cwd=tmp_path)
+    assert r.returncode == 2 and "no search index here" in r.stderr and not (tmp_path / "indx-typo").exists()
+    with pytest.raises(InputError, match="no search index here"): default_index(index_dir=tmp_path / "empty")
+    index = default_index(corpus_file, index_dir=tmp_path / "new", verbose=False)  # with --corpus_file: built there
+    assert (tmp_path / "new" / "manifest.json").exists() and len(index) > 0
+
+
+def test_empty_and_broken_queries(built, tmp_path):
+    index, folder = built
+    for bad, msg in [("   ", "empty"), ("\t\n", "empty"), ("permits \ud800", "lone surrogate")]:
+        with pytest.raises(InputError, match=msg): index.search(bad)
+    r = _cli("search", "   ", "--index_dir", folder, cwd=tmp_path)
+    assert r.returncode == 2 and "the query is empty" in r.stderr.strip().splitlines()[-1]
+    code = "import sys; from archivesrag.pipeline import main; sys.exit(main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, "-c", code, "search", b"permits \xff", "--index_dir", str(folder)],
+                       capture_output=True, timeout=600)  # invalid UTF-8 on the command line: a lone surrogate
+    err = p.stderr.decode("utf-8", "replace")
+    assert p.returncode == 2 and "Traceback" not in err and "lone surrogate" in err
