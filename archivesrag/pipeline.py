@@ -29,12 +29,20 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
+def recipe_spelling(parser):
+    "Give every `--dashed-flag` of `parser` its original-recipe spelling `--underscored_flag` too, shown first in --help."
+    for action in parser._actions:  # argparse keeps no public API for adding an alias to an existing option
+        for flag in [f for f in action.option_strings if f.startswith("--") and "-" in f[2:]]:
+            alias = "--" + flag[2:].replace("-", "_")
+            parser._option_string_actions[alias] = action
+            action.option_strings.insert(action.option_strings.index(flag), alias)
+    return parser
+
 def parse_flags(func, argv: list[str], prog: str) -> dict:
     "Parse `argv` into `func`'s keyword arguments. The flags come from its signature and docments (fastcore's `anno_parser`)."
     from fastcore.script import anno_parser
     # fastcore spells `input_file` as `--input-file`; the recipe's commands say `--input_file`: accept both
-    argv = [a.split("=")[0].replace("_", "-") + a[len(a.split("=")[0]):] if a.startswith("--") else a for a in argv]
-    args = vars(anno_parser(func, prog=prog).parse_args(argv))
+    args = vars(recipe_spelling(anno_parser(func, prog=prog)).parse_args(argv))
     for internal in ("pdb", "xtra"): args.pop(internal, None)  # fastcore's own debugging flags
     return args
 
@@ -62,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\narchivesrag {name}: interrupted; run the same command again to resume", file=sys.stderr); return 130
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'parse_flags', 'main', 'RunState', 'demo_settings', 'run_demo', 'metric_rows',
-           'write_report', 'demo_cli', 'print_summary']
+__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'recipe_spelling', 'parse_flags', 'main', 'RunState', 'demo_settings', 'run_demo',
+           'metric_rows', 'write_report', 'demo_cli', 'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
