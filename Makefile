@@ -27,7 +27,7 @@ define install_torch
 	  || { echo "PyTorch's CPU index cannot be reached: torch==$(TORCH_VERSION) from PyPI"; $(1) -m pip install torch==$(TORCH_VERSION); }; fi
 endef
 
-.PHONY: install test test-fast export clean-nbs check-sync outputs docs-check bench demo colab-check colab-cells
+.PHONY: install test test-fast export clean-nbs check-sync outputs docs-check bench demo colab-check colab-cells screenshots
 
 install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,10 +55,18 @@ export:
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
 
-# Re-run the notebooks at full size (not the IN_TEST size) and keep their outputs and plots for the docs.
+# Re-run the notebooks at full size (not the IN_TEST size) and keep their outputs and plots for the docs, without
+# progress bars, library warnings or this machine's paths (tools/clean_outputs.py).
 outputs:
-	cd nbs && ARCHIVESRAG_FULL_RUN=1 ../$(BIN)/nbdev-test --n-workers 1 --save --timing
+	cd nbs && ARCHIVESRAG_FULL_RUN=1 TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 \
+	  ../$(BIN)/nbdev-test --n-workers 1 --save --timing
+	$(BIN)/python tools/clean_outputs.py nbs/*.ipynb
 	$(BIN)/nbdev-clean
+
+# Render every notebook to HTML as saved (nbconvert) and screenshot each with headless Chromium (apt-get install
+# chromium): the pages a reader of the docs sees, to look at before a release.
+screenshots:
+	PYTHON=$(BIN)/python bash tools/screenshots.sh _screens
 
 docs-check:
 	$(BIN)/python -c "from nbdev.serve import proc_nbs; proc_nbs()"
