@@ -409,8 +409,9 @@ def metrics_reading(metrics: dict, metric: str = "ndcg@10", pairs=PAIRS) -> list
     "Sentences that read a metrics.json: the best system, each pair's difference with its interval, and what n allows."
     s, n = metrics["systems"], metrics.get("n_queries", "?")
     best = max(s, key=lambda k: s[k].get(metric, float("-inf")))
-    label = METRIC_COLUMNS.get(metric, metric)
-    lines, widths = [f"Best on {label}: {best} ({s[best][metric]:.3f}), over {n} held-out synthetic queries."], []
+    label, top = METRIC_COLUMNS.get(metric, metric), [k for k in s if s[k].get(metric) == s[best][metric]]
+    who = best if len(top) == 1 else f"a tie of {', '.join(top)}"
+    lines, widths = [f"Best on {label}: {who} ({s[best][metric]:.3f}), over {n} held-out synthetic queries."], []
     for a, b in [(a, b) for a, b in pairs if a in s and b in s]:
         ci = paired_bootstrap(metrics.get("per_query", {}), a, b) if metric == "ndcg@10" else None  # per-query: nDCG@10
         if ci: widths.append((ci["high"] - ci["low"]) / 2)
@@ -418,6 +419,7 @@ def metrics_reading(metrics: dict, metric: str = "ndcg@10", pairs=PAIRS) -> list
     if widths:
         lines.append(f"With n = {n}, these intervals reach ±{max(widths):.2f}: a difference inside its pair's "
                      "interval is noise, whichever way it points.")
+    else: lines.append(f"With n = {n} and no interval, read the table as a check that the steps ran, not as a comparison.")
     return lines + ["The queries come from the same LLM as the training queries, so they flatter the fine-tuned "
                     "model; CISI's human-judged queries (`bench/bench_cisi.py`) are the harder test."]
 
