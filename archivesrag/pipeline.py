@@ -13,9 +13,9 @@ import sys
 
 COMMANDS = {
     "corpus": ("archivesrag.corpus", "corpus_cli", "load a JSONL/CSV file or a folder of .txt/.md/.pdf into corpus.jsonl"),
-    "gen-query": ("archivesrag.queries", "gen_query_cli", "generate a search query per passage with an LLM (seed: gen_query.py)"),
-    "mine-hn": ("archivesrag.negatives", "mine_hn_cli", "mine hard negatives with faiss (seed: mine_hn.py)"),
-    "train": ("archivesrag.training", "train_cli", "fine-tune the embedder with FlagEmbedding (seed: run.py)"),
+    "gen-query": ("archivesrag.queries", "gen_query_cli", "generate a search query per passage with an LLM (recipe: gen_query.py)"),
+    "mine-hn": ("archivesrag.negatives", "mine_hn_cli", "mine hard negatives with faiss (recipe: mine_hn.py)"),
+    "train": ("archivesrag.training", "train_cli", "fine-tune the embedder with FlagEmbedding (recipe: run.py)"),
     "evaluate": ("archivesrag.evaluation", "evaluate_cli", "compare BM25, base and fine-tuned retrieval on held-out queries"),
     "search": ("archivesrag.search", "search_cli", "search an archive with the embedder and faiss"),
     "ask": ("archivesrag.rag", "ask_cli", "answer a question from retrieved passages (RAG)"),
@@ -70,18 +70,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\narchivesrag {name}: interrupted; run the same command again to resume", file=sys.stderr); return 130
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'recipe_spelling', 'parse_flags', 'main', 'RunState', 'demo_settings', 'run_demo',
-           'metric_rows', 'write_report', 'demo_cli', 'print_summary']
+__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'RUN_FILES', 'DEMO_STEPS', 'METRIC_COLUMNS', 'PAIRS', 'recipe_spelling', 'parse_flags',
+           'main', 'RunState', 'reset_peak_rss', 'peak_rss_mb', 'run_step', 'run_steps', 'run_in_fresh_process',
+           'demo_settings', 'DemoConfig', 'demo_config', 'RunFolder', 'open_run_folder', 'clear_run', 'step_corpus',
+           'prefill_sample_queries', 'step_queries', 'step_split', 'step_mine', 'step_train', 'step_evaluate',
+           'step_index', 'step_answers', 'run_demo', 'paired_bootstrap', 'metrics_reading', 'metric_rows',
+           'metrics_section', 'plots_section', 'steps_section', 'answers_section', 'report_markdown', 'write_report',
+           'demo_cli', 'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Callable
 
-from .corpus import InputError, load_sample, read_jsonl, save_corpus, write_jsonl
-from .models import FULL_MODELS, is_offline, small_run
+from fastcore.script import store_true
+
+from .corpus import InputError, check_output_path, load_sample, read_jsonl, save_corpus, write_atomic, write_jsonl
+from .models import full_recipe, get_device, recipe
 
 DEMO_QUESTIONS = [
     "How should an archive respond when a fixity check finds a checksum mismatch?",
@@ -91,178 +100,389 @@ DEMO_QUESTIONS = [
 
 # %% ../nbs/07_pipeline.ipynb #c009
 class RunState:
-    "Which steps of a run folder finished, with their outputs, timings and peak memory: `state.json`."
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "state.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"steps": {}}
+    "Which steps of a run folder finished, with their timings, peak memory, figures and config: `state.json`."
+    def __init__(self, run_dir: str | Path, name: str = "state.json"):
+        self.path = Path(run_dir) / name
+        self.data = _read_state(self.path) if self.path.exists() else {"steps": {}}
 
-    def done(self, step: str) -> bool: return step in self.data["steps"]
+    @property
+    def steps(self) -> dict: return self.data["steps"]
+    def done(self, step: str) -> bool: return step in self.steps
 
-    def record(self, step: str, seconds: float, peak_mb: float, **info):
-        self.data["steps"][step] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb), **info}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written state
+    def record(self, step: str, **info):
+        self.steps[step] = info
+        write_atomic(self.path, json.dumps(self.data, indent=2, default=str))  # never half-written
 
-def _peak_rss_mb() -> float:
-    "Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."
+def _json_problem(e: Exception) -> str:
+    "What is wrong with a JSON file, in a few words: where the parser stopped, if it says."
+    if not isinstance(e, json.JSONDecodeError): return type(e).__name__
+    return f"line {e.lineno}, column {e.colno}: {e.msg.removesuffix(' at')}"
+
+def _read_state(path: Path) -> dict:
+    "The state file's contents, or an InputError that names it and says how to recover."
+    fix = "delete it to run every step again, or pass --restart to start the run over"
+    try: data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise InputError(f"{path}: the run's state file is damaged ({_json_problem(e)}); {fix}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+        raise InputError(f'{path}: not a run state file (expected {{"steps": {{…}}}}); {fix}')
+    for name, s in data["steps"].items():  # an earlier version kept a step's figures beside its timings: move them
+        if isinstance(s, dict) and "result" not in s:
+            data["steps"][name] = {"seconds": s.pop("seconds", 0.0), "peak_rss_mb": s.pop("peak_rss_mb", 0), "result": s}
+    return data
+
+# %% ../nbs/07_pipeline.ipynb #c009p
+def reset_peak_rss() -> bool:
+    "Start a new peak-memory measurement for this process (Linux: `/proc/self/clear_refs`); False where the OS cannot."
+    try: Path("/proc/self/clear_refs").write_text("5"); return True
+    except OSError: return False
+
+def peak_rss_mb() -> float:
+    "Peak resident memory of this process in MB, since the last `reset_peak_rss` (Linux) or since it started."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"): return int(line.split()[1]) / 1024
+    except OSError: pass
     import resource  # POSIX only: imported here so `archivesrag --help` works everywhere
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if os.uname().sysname != "Darwin" else peak / 2**20
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB
+
+# %% ../nbs/07_pipeline.ipynb #c009r
+def _as_record(cfg):
+    "The config as plain JSON-able values, to record with each step."
+    if cfg is None or isinstance(cfg, dict): return cfg
+    return asdict(cfg) if is_dataclass(cfg) else vars(cfg)
+
+def run_step(fn: Callable, run, cfg=None) -> dict:
+    "Call `fn(run, cfg)` here: `{seconds, peak_rss_mb, result}`, where `result` is what it returned."
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    result = fn(run, cfg) or {}
+    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb()), "result": result}
+
+def run_steps(run, steps: dict[str, Callable], cfg=None, state: RunState | None = None, redo=(),
+              fresh_process: bool = False, say: Callable = print) -> dict:
+    "Run `steps` (`{name: fn(run, cfg)}`) in order; skip those `state` records as finished (unless in `redo`)."
+    state = state or RunState(run)
+    for name, fn in steps.items():
+        if state.done(name) and name not in redo:
+            say(f"[{name}] done earlier: skipped"); continue
+        say(f"\n[{name}]")
+        info = run_in_fresh_process(fn, run, cfg) if fresh_process else run_step(fn, run, cfg)
+        state.record(name, **info, config=_as_record(cfg))
+    return state.data
+
+# %% ../nbs/07_pipeline.ipynb #c009s
+def _child(fn, run, cfg, q):
+    try: q.put(("ok", run_step(fn, run, cfg)))
+    except BaseException as e:
+        import traceback; traceback.print_exc()
+        q.put(("error", f"{type(e).__name__}: {e}"))
+
+def run_in_fresh_process(fn: Callable, run, cfg=None) -> dict:
+    "`run_step` in a new Python process (spawn), so the peak memory is the step's own; its error re-raised here."
+    import multiprocessing as mp
+    import queue
+    ctx = mp.get_context("spawn")  # `fn` must be importable: a module's top-level function, not a notebook's
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn, run, cfg, q)); p.start()
+    while True:
+        try: status, info = q.get(timeout=1); break
+        except queue.Empty:
+            if not p.is_alive():
+                try: status, info = q.get(timeout=5)
+                except queue.Empty: status, info = "error", f"its process died (exit code {p.exitcode})"
+                break
+    p.join()
+    if status != "ok": raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed: {info}")
+    return info
 
 # %% ../nbs/07_pipeline.ipynb #c010
 def demo_settings(full: bool = False) -> dict:
-    "Models and sizes for the demo: the offline default on a CPU, or the seed's full recipe on a GPU (`full=True`)."
+    "Models and sizes for the demo: the offline default on a CPU, or the original recipe's models on a GPU (`full=True`)."
     if full:
-        return dict(llm_backend="openai", llm_model=FULL_MODELS["query_llm"], rag_backend="vllm",
-                    rag_model=FULL_MODELS["rag_llm"], miner=FULL_MODELS["miner"], base=FULL_MODELS["base_embedder"],
-                    learning_rate=1e-5, num_train_epochs=5, per_device_train_batch_size=32, fp16=True,
-                    passage_max_len=256, temperature=0.02)
-    # MiniLM is small: the seed recommends 3e-5 for small models. On a CPU, attention over 256 tokens costs ~3x the
-    # time of 128, so training reads the first 128 tokens of each passage (search still embeds whole passages):
-    # two epochs of batch 16 then take ~2 minutes on 2 cores.
+        if not full_recipe():
+            why = "this machine has no CUDA GPU" if get_device() != "cuda" else "the Hugging Face Hub is unreachable or offline mode is set"
+            raise InputError(f"--full runs the original recipe's models and needs a CUDA GPU and the Hugging Face Hub, "
+                             f"but {why}; leave out --full for the offline demo")
+        return dict(llm_backend="openai", llm_model=recipe("query_llm"), rag_backend="vllm",
+                    rag_model=recipe("rag_llm"),  # the Llama 3 Instruct model that fits this GPU
+                    miner=recipe("miner"), base=recipe("base_embedder"), learning_rate=1e-5, num_train_epochs=5,
+                    per_device_train_batch_size=32, fp16=True, passage_max_len=256, temperature=0.02)
+    # MiniLM is small: the original recipe recommends 3e-5 for small models. On a CPU, attention over 256 tokens costs
+    # ~3x the time of 128, so training reads the first 128 tokens of each passage (search still embeds whole
+    # passages): two epochs of batch 16 then take ~2 minutes on 2 cores.
     return dict(llm_backend="local", llm_model=None, rag_backend="local", rag_model=None, miner="minilm",
                 base="minilm", learning_rate=3e-5, num_train_epochs=2, per_device_train_batch_size=16, fp16=False,
                 passage_max_len=128, temperature=0.02)
+
+# %% ../nbs/07_pipeline.ipynb #c010c
+@dataclass
+class DemoConfig:
+    "Everything the demo's steps need: models and training sizes (`demo_settings`), the split, and the run's options."
+    llm_backend: str; llm_model: str | None; rag_backend: str; rag_model: str | None; miner: str; base: str
+    learning_rate: float; num_train_epochs: float; per_device_train_batch_size: int; fp16: bool
+    passage_max_len: int; temperature: float
+    full: bool = False; seed: int = 42; test_size: float = 0.2; max_docs: int | None = None
+    questions: list | None = None; base_url: str | None = None; fresh_queries: bool = False; verbose: bool = True
+
+    def say(self, *args):
+        if self.verbose: print(*args)
+
+def demo_config(full: bool = False, num_train_epochs: float | None = None, max_docs: int | None = None,
+                test_size: float = 0.2, **options) -> DemoConfig:
+    "`demo_settings(full)` with the run's options, checked: a bad value is an InputError before any model loads."
+    if max_docs is not None and max_docs < 2:
+        raise InputError(f"--max_docs must be at least 2 (the split needs a document on each side), got {max_docs}")
+    if num_train_epochs is not None and num_train_epochs <= 0:
+        raise InputError(f"--num_train_epochs must be more than 0, got {num_train_epochs}")
+    if not 0 < test_size < 1: raise InputError(f"--test_size must be between 0 and 1, got {test_size}")
+    settings = demo_settings(full)
+    if full and not options.get("base_url") and not os.environ.get("OPENAI_API_KEY"):
+        raise InputError("--full writes the queries with GPT-4o: set OPENAI_API_KEY, or give --base_url of an "
+                         "OpenAI-compatible server")
+    if num_train_epochs: settings["num_train_epochs"] = num_train_epochs
+    return DemoConfig(**settings, full=full, max_docs=max_docs, test_size=test_size, **options)
+
+# %% ../nbs/07_pipeline.ipynb #c010f
+RUN_FILES = dict(corpus="corpus.jsonl", queries="queries.jsonl", failures="failures.jsonl", split="split.json",
+                 train_queries="train_queries.jsonl", mined="minedHN.jsonl", model="model", eval="eval",
+                 index="index", answers="answers.jsonl", plots="plots", report="report.md", state="state.json")
+"What a demo run writes, by step; the names are those the course's commands use."
+
+class RunFolder:
+    "A run folder: `run.corpus` is `<folder>/corpus.jsonl`, and so on for every name in `RUN_FILES`."
+    def __init__(self, folder: str | Path): self.dir = Path(folder)
+    def __getattr__(self, name: str) -> Path:
+        if name in RUN_FILES: return self.dir / RUN_FILES[name]
+        raise AttributeError(name)
+    def __fspath__(self) -> str: return str(self.dir)
+    def __repr__(self) -> str: return f"RunFolder('{self.dir}')"
+
+def open_run_folder(run_dir: str | Path) -> RunFolder:
+    "The run folder `run_dir`, created if new; an InputError if it is a file or cannot be written."
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a folder; give --run_dir a folder (a new one, or an earlier run's to resume it)")
+    check_output_path(path / RUN_FILES["state"])  # a file above it, no permission: one clear line
+    (path / RUN_FILES["plots"]).mkdir(parents=True, exist_ok=True)
+    return RunFolder(path)
+
+def clear_run(run_dir: str | Path):
+    "Delete an earlier run (`--restart`): only a folder holding a run's state.json or nothing but a run's files."
+    path = Path(run_dir)
+    if not path.exists(): return
+    if not path.is_dir(): raise InputError(f"{path}: is a file, not a run folder; --restart deletes only run folders")
+    names = {p.name for p in path.iterdir()}
+    if RUN_FILES["state"] not in names and not names <= set(RUN_FILES.values()) | {n for n in names if n.startswith(".")}:
+        raise InputError(f"{path}: not a run folder (no state.json), so --restart leaves it alone; "
+                         f"delete it yourself or choose another --run_dir")
+    shutil.rmtree(path)
+
+# %% ../nbs/07_pipeline.ipynb #c011a
+def step_corpus(run: RunFolder, cfg: DemoConfig) -> dict:
+    "The sample archive as passages (`corpus.jsonl`); `max_docs` keeps whole documents, so the split stays by document."
+    ds = load_sample(verbose=cfg.verbose)
+    if cfg.max_docs:
+        keep = set(sorted(set(ds["doc_id"]))[:cfg.max_docs])
+        ds = ds.filter(lambda r: r["doc_id"] in keep)
+    save_corpus(ds, run.corpus)
+    return {"passages": len(ds), "documents": len(set(ds["doc_id"]))}
+
+def prefill_sample_queries(run: RunFolder) -> int:
+    "Start `queries.jsonl` with the bundled queries of these passages (written offline by step 1); returns how many."
+    from archivesrag.queries import load_sample_queries
+    ids = {r["id"] for r in read_jsonl(run.corpus)}
+    kept = [r for r in load_sample_queries() if r["id"] in ids]
+    write_jsonl(kept, run.queries)
+    return len(kept)
+
+def step_queries(run: RunFolder, cfg: DemoConfig) -> dict:
+    "One synthetic query per passage (`queries.jsonl`); offline it resumes from the queries bundled for the sample."
+    from archivesrag.llm import get_llm
+    from archivesrag.queries import generate_queries
+    if not cfg.full and not cfg.fresh_queries and not run.queries.exists():
+        cfg.say(f"started with {prefill_sample_queries(run)} queries from the bundled sample_queries.jsonl; generating the rest")
+    llm = get_llm(cfg.llm_backend, model=cfg.llm_model, base_url=cfg.base_url)
+    return {"summary": generate_queries(run.corpus, run.queries, llm=llm, failures_file=run.failures)}
+
+def step_split(run: RunFolder, cfg: DemoConfig) -> dict:
+    "Split the passages by document (`split.json`) and keep the training part's queries (`train_queries.jsonl`)."
+    from archivesrag.negatives import save_split, select_queries, split_by_document
+    split = split_by_document(read_jsonl(run.corpus), test_size=cfg.test_size, seed=cfg.seed)
+    save_split(split, run.split)
+    train_q = select_queries(read_jsonl(run.queries), split["train_ids"])
+    write_jsonl(train_q, run.train_queries)
+    return {"train_passages": len(split["train_ids"]), "test_passages": len(split["test_ids"]),
+            "train_queries": len(train_q)}
+
+# %% ../nbs/07_pipeline.ipynb #c011e
+def step_mine(run: RunFolder, cfg: DemoConfig) -> dict:
+    "Hard negatives for the training queries (`minedHN.jsonl`), from a pool without held-out passages."
+    from archivesrag.negatives import mine_hard_negatives
+    return {"summary": mine_hard_negatives(run.train_queries, run.mined, model_name_or_path=cfg.miner,
+                                           range_for_sampling="2-200", negative_number=15, candidate_pool=run.corpus,
+                                           seed=cfg.seed, split_file=run.split)}
+
+def step_train(run: RunFolder, cfg: DemoConfig) -> dict:
+    "Fine-tune the base embedder on the mined examples (`model/`), resuming from a checkpoint; plot the loss."
+    from archivesrag.training import train
+    n = len(read_jsonl(run.mined))
+    batch = min(cfg.per_device_train_batch_size, n)  # with drop_last, a batch larger than the data trains 0 steps
+    train(run.mined, run.model, model_name_or_path=cfg.base, learning_rate=cfg.learning_rate,
+          num_train_epochs=cfg.num_train_epochs, per_device_train_batch_size=batch, temperature=cfg.temperature,
+          query_max_len=64, passage_max_len=cfg.passage_max_len, train_group_size=2, fp16=cfg.fp16, logging_steps=1,
+          save_steps=1000, seed=cfg.seed, resume_from_checkpoint="last" if any(run.model.glob("checkpoint-*")) else None)
+    _loss_plot(run.dir)
+    return {"examples": n, "batch_size": batch}
+
+def step_evaluate(run: RunFolder, cfg: DemoConfig) -> dict:
+    "BM25, base and fine-tuned (and their fusions) on the held-out queries (`eval/metrics.json`, `eval/plots/`)."
+    from archivesrag.evaluation import evaluate
+    results = evaluate(model_name_or_path=run.model, base_model=cfg.base, queries_file=run.queries,
+                       split_file=run.split, corpus_file=run.corpus, output_dir=run.eval, seed=cfg.seed,
+                       verbose=cfg.verbose)
+    return {"systems": results["systems"]}
+
+# %% ../nbs/07_pipeline.ipynb #c011g
+def step_index(run: RunFolder, cfg: DemoConfig) -> dict:
+    "A search index of the corpus with the fine-tuned model and the fusion weight tuned in evaluation (`index/`)."
+    from archivesrag.evaluation import tuned_fusion_weight
+    from archivesrag.search import SearchIndex
+    weight = tuned_fusion_weight(run.eval / "metrics.json")
+    SearchIndex.build(run.corpus, model_name_or_path=str(run.model), fusion_weight=weight).save(run.index)
+    return {"fusion_weight": weight}
+
+def step_answers(run: RunFolder, cfg: DemoConfig) -> dict:
+    "Answer the demo's questions with RAG over the index (`answers.jsonl`)."
+    from archivesrag.llm import get_llm
+    from archivesrag.rag import answer
+    from archivesrag.search import SearchIndex
+    index = SearchIndex.load(run.index)
+    llm = get_llm(cfg.rag_backend, model=cfg.rag_model, base_url=cfg.base_url)
+    questions = cfg.questions or DEMO_QUESTIONS
+    write_jsonl([{"question": q, **answer(q, index, llm=llm, k=3)} for q in questions], run.answers)
+    return {"answered": len(questions)}
+
+DEMO_STEPS = dict(corpus=step_corpus, queries=step_queries, split=step_split, mine=step_mine, train=step_train,
+                  evaluate=step_evaluate, index=step_index, answers=step_answers)
+"The demo's steps in order: `{name: step(run, cfg)}` for `run_steps`."
 
 # %% ../nbs/07_pipeline.ipynb #c011
 def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 42, test_size: float = 0.2,
              num_train_epochs: float | None = None, max_docs: int | None = None, questions=None,
              base_url: str | None = None, fresh_queries: bool = False, verbose: bool = True) -> dict:
     "Run the whole course on the sample archive into `run_dir`; finished steps are skipped on a rerun."
-    from archivesrag import evaluation, negatives, queries, rag, search, training
-    from archivesrag.llm import get_llm
-    run = Path(run_dir); run.mkdir(parents=True, exist_ok=True)
-    (run / "plots").mkdir(exist_ok=True)
-    cfg = demo_settings(full)
-    if num_train_epochs: cfg["num_train_epochs"] = num_train_epochs
-    state = RunState(run)
-    say = print if verbose else (lambda *a, **k: None)
+    cfg = demo_config(full, num_train_epochs=num_train_epochs, max_docs=max_docs, test_size=test_size, seed=seed,
+                      questions=questions, base_url=base_url, fresh_queries=fresh_queries, verbose=verbose)
+    run = open_run_folder(run_dir)
+    data = run_steps(run, DEMO_STEPS, cfg, RunState(run.dir), say=cfg.say)
+    cfg.say(f"\nreport: {write_report(run.dir)}")
+    return data
 
-    def step(name, fn):
-        if state.done(name): say(f"[{name}] done earlier: skipped"); return state.data["steps"][name]
-        say(f"\n[{name}]")
-        t0 = time.perf_counter()
-        info = fn() or {}
-        state.record(name, time.perf_counter() - t0, _peak_rss_mb(), **info)
-        return state.data["steps"][name]
+# %% ../nbs/07_pipeline.ipynb #c012b
+def paired_bootstrap(per_query: dict, system: str, baseline: str, n_resamples: int = 10_000, seed: int = 0) -> dict | None:
+    "Mean per-query difference `system - baseline` with a 95% paired bootstrap interval (scipy); None without 2 queries."
+    import numpy as np
+    from scipy.stats import bootstrap
+    d = np.array([v[system] - v[baseline] for v in per_query.values() if system in v and baseline in v])
+    if len(d) < 2: return None
+    # percentile interval: BCa, scipy's default, fails when every difference is equal (e.g. all 0)
+    ci = bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile",
+                   random_state=np.random.default_rng(seed)).confidence_interval
+    return {"n": len(d), "mean": round(float(d.mean()), 4), "low": round(float(ci.low), 4), "high": round(float(ci.high), 4)}
 
-    files = {k: run / v for k, v in dict(corpus="corpus.jsonl", queries="queries.jsonl", failures="failures.jsonl",
-             split="split.json", train_queries="train_queries.jsonl", mined="minedHN.jsonl", model="model",
-             eval="eval", index="index", answers="answers.jsonl", report="report.md").items()}
+# %% ../nbs/07_pipeline.ipynb #c012e
+METRIC_COLUMNS = {"ndcg@10": "nDCG@10", "recall@1": "R@1", "recall@10": "R@10", "recall@100": "R@100",
+                  "mrr@10": "MRR@10", "map@100": "MAP@100"}
+"The metrics the report shows, with their column names."
 
-    def do_corpus():
-        ds = load_sample(verbose=verbose)
-        if max_docs:  # a smaller archive for quick runs: whole documents, so the split stays by document
-            keep = set(sorted(set(ds["doc_id"]))[:max_docs])
-            ds = ds.filter(lambda r: r["doc_id"] in keep)
-        save_corpus(ds, files["corpus"])
-        return {"passages": len(ds), "documents": len(set(ds["doc_id"]))}
+PAIRS = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "base+BM25")]
+"The comparisons the report reads: what fine-tuning bought, against BM25, and once fused with BM25."
 
-    def do_queries():
-        if not full and not fresh_queries and not files["queries"].exists():
-            # The package ships the queries this very step wrote for the sample archive (offline, ~16 min on
-            # 2 cores). Seeding the output with them makes the step resume: only passages without one are sent
-            # to the LLM. `fresh_queries=True` (`--fresh_queries`) writes every query anew.
-            ids = {r["id"] for r in read_jsonl(files["corpus"])}
-            seeded = [r for r in queries.load_sample_queries() if r["id"] in ids]
-            write_jsonl(seeded, files["queries"])
-            say(f"seeded {len(seeded)} queries from the bundled sample_queries.jsonl; generating the rest")
-        llm = get_llm(cfg["llm_backend"], model=cfg["llm_model"], base_url=base_url)
-        summary = queries.generate_queries(files["corpus"], files["queries"], llm=llm, failures_file=files["failures"])
-        return {"summary": summary}
+def _difference(what: str, d: float, ci: dict | None) -> str:
+    if not ci: return f"{what}: {d:+.3f}."
+    verdict = "no difference shown" if ci["low"] <= 0 <= ci["high"] else "the interval excludes 0"
+    return f"{what}: {d:+.3f} (95% paired bootstrap interval {ci['low']:+.3f} to {ci['high']:+.3f}: {verdict})."
 
-    def do_split():
-        split = negatives.split_by_document(read_jsonl(files["corpus"]), test_size=test_size, seed=seed)
-        negatives.save_split(split, files["split"])
-        train_q = negatives.select_queries(read_jsonl(files["queries"]), split["train_ids"])
-        write_jsonl(train_q, files["train_queries"])
-        return {"train_passages": len(split["train_ids"]), "test_passages": len(split["test_ids"]),
-                "train_queries": len(train_q)}
-
-    def do_mine():
-        return {"summary": negatives.mine_hard_negatives(
-            files["train_queries"], files["mined"], model_name_or_path=cfg["miner"], range_for_sampling="2-200",
-            negative_number=15, candidate_pool=files["corpus"], seed=seed, split_file=files["split"])}
-
-    def do_train():
-        resume = "last" if any(files["model"].glob("checkpoint-*")) else None
-        n_examples = len(read_jsonl(files["mined"]))
-        # with drop_last, a batch larger than the data would train zero steps: shrink it for tiny runs
-        batch_size = min(cfg["per_device_train_batch_size"], n_examples)
-        training.train(files["mined"], files["model"], model_name_or_path=cfg["base"],
-                       learning_rate=cfg["learning_rate"], num_train_epochs=cfg["num_train_epochs"],
-                       per_device_train_batch_size=batch_size, temperature=cfg["temperature"],
-                       query_max_len=64, passage_max_len=cfg["passage_max_len"], train_group_size=2,
-                       fp16=cfg["fp16"], logging_steps=1, save_steps=1000, seed=seed,
-                       resume_from_checkpoint=resume)
-        _loss_plot(run)
-        return {"examples": n_examples, "batch_size": batch_size}
-
-    def do_eval():
-        results = evaluation.evaluate(model_name_or_path=files["model"], base_model=cfg["base"],
-                                      queries_file=files["queries"], split_file=files["split"],
-                                      corpus_file=files["corpus"], output_dir=files["eval"], seed=seed,
-                                      verbose=verbose)
-        return {"systems": results["systems"]}
-
-    def do_index():
-        search.SearchIndex.build(files["corpus"], model_name_or_path=str(files["model"]),
-                                 fusion_weight=evaluation.tuned_fusion_weight(files["eval"] / "metrics.json")).save(files["index"])
-        return {}
-
-    def do_answers():
-        index = search.SearchIndex.load(files["index"])
-        llm = get_llm(cfg["rag_backend"], model=cfg["rag_model"], base_url=base_url)
-        answers = [rag.answer(q, index, llm=llm, k=3) for q in (questions or DEMO_QUESTIONS)]
-        write_jsonl([{"question": q, **a} for q, a in zip(questions or DEMO_QUESTIONS, answers)], files["answers"])
-        return {"answered": len(answers)}
-
-    for name, fn in [("corpus", do_corpus), ("queries", do_queries), ("split", do_split), ("mine", do_mine),
-                     ("train", do_train), ("evaluate", do_eval), ("index", do_index), ("answers", do_answers)]:
-        step(name, fn)
-    report = write_report(run)
-    say(f"\nreport: {report}")
-    return state.data
+def metrics_reading(metrics: dict, metric: str = "ndcg@10", pairs=PAIRS) -> list[str]:
+    "Sentences that read a metrics.json: the best system, each pair's difference with its interval, and what n allows."
+    s, n = metrics["systems"], metrics.get("n_queries", "?")
+    best = max(s, key=lambda k: s[k].get(metric, float("-inf")))
+    label, top = METRIC_COLUMNS.get(metric, metric), [k for k in s if s[k].get(metric) == s[best][metric]]
+    who = best if len(top) == 1 else f"a tie of {', '.join(top)}"
+    lines, widths = [f"Best on {label}: {who} ({s[best][metric]:.3f}), over {n} held-out synthetic queries."], []
+    for a, b in [(a, b) for a, b in pairs if a in s and b in s]:
+        ci = paired_bootstrap(metrics.get("per_query", {}), a, b) if metric == "ndcg@10" else None  # per-query: nDCG@10
+        if ci: widths.append((ci["high"] - ci["low"]) / 2)
+        lines.append(_difference(f"{a} − {b}, {label}", s[a][metric] - s[b][metric], ci))
+    if widths:
+        lines.append(f"With n = {n}, these intervals reach ±{max(widths):.2f}: a difference inside its pair's "
+                     "interval is noise, whichever way it points.")
+    else: lines.append(f"With n = {n} and no interval, read the table as a check that the steps ran, not as a comparison.")
+    return lines + ["The queries come from the same LLM as the training queries, so they flatter the fine-tuned "
+                    "model; CISI's human-judged queries (`bench/bench_cisi.py`) are the harder test."]
 
 # %% ../nbs/07_pipeline.ipynb #c013
-def _md_table(header: list[str], rows: list[list]) -> str:
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows])
-
-def metric_rows(metrics: dict, names=("ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100")):
+def metric_rows(metrics: dict, names=tuple(METRIC_COLUMNS)):
     "Rows `[system, metric values…]` from a metrics.json `systems` block."
     return [[system] + [vals.get(m, float("nan")) for m in names] for system, vals in metrics.items()]
 
+def _load_json(path: Path) -> dict:
+    try: return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path}: damaged JSON ({_json_problem(e)}); delete it and run the step that writes it again") from None
+
+def metrics_section(run: Path) -> list[str]:
+    "The metrics table of `eval/metrics.json` with its reading, or nothing before evaluation ran."
+    from archivesrag.retrieval import markdown_table
+    if not (run / "eval" / "metrics.json").exists(): return []
+    m = _load_json(run / "eval" / "metrics.json")
+    rows = {name: {METRIC_COLUMNS[k]: v.get(k) for k in METRIC_COLUMNS} for name, v in m["systems"].items()}
+    return ["## Retrieval on held-out queries", "",
+            f"{m.get('n_queries', '?')} synthetic queries on passages of documents never seen in training "
+            f"(split by document, seed {m.get('split', {}).get('seed', '?')}).", "",
+            markdown_table(rows, ["system", *METRIC_COLUMNS.values()]), "", *[f"- {s}" for s in metrics_reading(m)], ""]
+
+def plots_section(run: Path) -> list[str]:
+    "Links to the run's plots, or nothing when there are none."
+    plots = sorted((run / "plots").glob("*.png")) + sorted((run / "eval" / "plots").glob("*.png"))
+    return ["## Plots", "", *[f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in plots], ""] if plots else []
+
+# %% ../nbs/07_pipeline.ipynb #c013b
+def steps_section(run: Path) -> list[str]:
+    "Seconds and peak memory of each finished step, and the query-generation counts."
+    from archivesrag.retrieval import markdown_table
+    steps = RunState(run).steps
+    if not steps: return []
+    rows = [{"step": k, "seconds": f"{s['seconds']:.1f}", "peak RSS (MB)": s["peak_rss_mb"]} for k, s in steps.items()]
+    out = ["## Steps", "", markdown_table(rows), ""]
+    q = (steps.get("queries", {}).get("result") or {}).get("summary")
+    if q: out += ["Query generation: " + ", ".join(f"{k} {q[k]}" for k in ("passages", "done", "skipped", "failed",
+                  "filtered") if k in q) + f" ({q.get('llm', '')})", ""]
+    return out
+
+def answers_section(run: Path) -> list[str]:
+    "Each answer with its sources, and how many pass `rag.answer_checks` (non-empty, cites, shares words with it)."
+    answers = read_jsonl(run / "answers.jsonl") if (run / "answers.jsonl").exists() else []
+    if not answers: return []
+    from archivesrag.rag import answer_checks
+    checks = [answer_checks(a.get("answer", ""), a.get("results", []), a["question"]) for a in answers]
+    out = ["## Answers", "", f"Of {len(answers)} answers, {sum(c['non_empty'] for c in checks)} are non-empty, "
+           f"{sum(c['cites_retrieved'] for c in checks)} cite a retrieved passage and {sum(c['overlaps_cited'] for c in checks)} "
+           "share content words with the passage they cite. These checks catch empty and uncited answers, not wrong ones.", ""]
+    for a in answers: out += [f"**{a['question']}**", "", a.get("answer", "").strip() or "(empty answer)", ""]
+    return out
+
+def report_markdown(run_dir: str | Path, plots: bool = True) -> str:
+    "The report of a run folder as Markdown: metrics and their reading, plots (unless `plots=False`), steps, answers."
+    run = Path(run_dir)
+    sections = [metrics_section(run), plots_section(run) if plots else [], steps_section(run), answers_section(run)]
+    return "\n".join([f"# ArchivesRAG run: `{run.name}`", ""] + [line for s in sections for line in s])
+
 def write_report(run_dir: str | Path) -> Path:
     "Write `report.md` for a run folder from its state, metrics, plots and answers."
-    run = Path(run_dir)
-    state = json.loads((run / "state.json").read_text())["steps"]
-    parts = [f"# ArchivesRAG run: `{run.name}`", ""]
-    metrics_file = run / "eval" / "metrics.json"
-    if metrics_file.exists():
-        m = json.loads(metrics_file.read_text())
-        parts += [f"## Retrieval on held-out queries", "",
-                  f"{m.get('n_queries', '?')} synthetic queries on passages of documents never seen in training "
-                  f"(split by document, seed {m.get('split', {}).get('seed', '?')}).", "",
-                  _md_table(["system", "nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100"], metric_rows(m["systems"])), ""]
-    plots = sorted((run / "plots").glob("*.png")) + sorted((run / "eval" / "plots").glob("*.png"))
-    if plots: parts += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in plots] + [""]
-    rows = [[name, f"{s['seconds']:.1f}", s["peak_rss_mb"]] for name, s in state.items()]
-    parts += ["## Steps", "", _md_table(["step", "seconds", "peak RSS (MB)"], rows), ""]
-    q = state.get("queries", {}).get("summary")
-    if q: parts += ["Query generation: " + ", ".join(f"{k} {q[k]}" for k in ("passages", "done", "skipped", "failed", "filtered")
-                                             if k in q) + f" ({q.get('llm', '')})", ""]
-    answers = run / "answers.jsonl"
-    if answers.exists():
-        parts += ["## Answers", ""]
-        for a in read_jsonl(answers):
-            parts += [f"**{a['question']}**", "", a.get("answer", "").strip(), "",
-                      "Passages: " + ", ".join(f"`{p}`" for p in a.get("passages", [])), ""]
-    out = run / "report.md"
-    out.write_text("\n".join(parts))
-    return out
+    return write_atomic(Path(run_dir) / RUN_FILES["report"], report_markdown(run_dir))
 
 # %% ../nbs/07_pipeline.ipynb #c014
 def _loss_plot(run: Path):
@@ -273,37 +493,32 @@ def _loss_plot(run: Path):
     ax.figure.tight_layout(); ax.figure.savefig(run / "plots" / "training_loss.png", dpi=110); plt.close(ax.figure)
 
 # %% ../nbs/07_pipeline.ipynb #c015
-def demo_cli(argv=None):
-    "archivesrag demo: run the whole course offline on the sample archive."
-    import argparse
-    p = argparse.ArgumentParser(prog="archivesrag demo", description="Run every step of the course on the sample "
-        "archive into a run folder: queries, split, hard negatives, fine-tuning, evaluation, index, two answers.")
-    p.add_argument("--run_dir", default="runs/demo", help="where the run's files go (default: runs/demo)")
-    p.add_argument("--full", action="store_true", help="the seed's full recipe (GPT-4o, bge-base, mxbai-large, "
-                   "Llama 3 on vLLM): needs a GPU, internet and OPENAI_API_KEY")
-    p.add_argument("--base_url", help="an OpenAI-compatible server for the query writer (with --full)")
-    p.add_argument("--num_train_epochs", type=float, help="training epochs (default 2 offline, 5 full)")
-    p.add_argument("--max_docs", type=int, help="use only the first N documents of the archive (quick runs)")
-    p.add_argument("--fresh_queries", action="store_true", help="generate every query with the LLM instead of "
-                   "resuming from the queries bundled for the sample archive (about 16 minutes on 2 CPU cores)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--restart", action="store_true", help="delete the run folder first instead of resuming it")
-    a = p.parse_args(argv)
-    if a.restart and Path(a.run_dir).exists(): shutil.rmtree(a.run_dir)
+def demo_cli(run_dir: str = "runs/demo",  # where the run's files go; a rerun resumes the run in it
+             full: store_true = False,  # the original recipe's models (GPT-4o, bge-base, mxbai-embed-large, Llama 3 on vLLM sized to the GPU): needs CUDA, the Hub and OPENAI_API_KEY
+             base_url: str = None,  # an OpenAI-compatible server for the query writer (with --full)
+             num_train_epochs: float = None,  # training epochs (default 2 offline, 5 full)
+             max_docs: int = None,  # use only the first N documents of the archive (quick runs; at least 2)
+             fresh_queries: store_true = False,  # generate every query with the LLM instead of resuming from the queries bundled for the sample archive (about 16 minutes on 2 CPU cores)
+             test_size: float = 0.2,  # fraction of the documents held out for evaluation
+             seed: int = 42,  # random seed of the split, mining and training
+             restart: store_true = False,  # delete the run folder first instead of resuming it
+             ) -> int:
+    "archivesrag demo: run every step of the course on the sample archive into a run folder (queries, split, hard negatives, fine-tuning, evaluation, index, two answers)."
+    demo_config(full, num_train_epochs=num_train_epochs, max_docs=max_docs, test_size=test_size, base_url=base_url)  # fail fast
+    if restart: clear_run(run_dir)
     t0 = time.perf_counter()
-    state = run_demo(a.run_dir, full=a.full, seed=a.seed, num_train_epochs=a.num_train_epochs, max_docs=a.max_docs,
-                     base_url=a.base_url, fresh_queries=a.fresh_queries)
-    print_summary(a.run_dir)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s this time; everything is in {a.run_dir}/ (report: {a.run_dir}/report.md)")
+    run_demo(run_dir, full=full, seed=seed, test_size=test_size, num_train_epochs=num_train_epochs, max_docs=max_docs,
+             base_url=base_url, fresh_queries=fresh_queries)
+    print_summary(run_dir)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s this time; everything is in {run_dir}/ (report: {run_dir}/report.md)")
     return 0
 
-def print_summary(run_dir):
-    "The final terminal summary: metrics and step timings of a run."
+def print_summary(run_dir: str | Path):
+    "The final terminal summary: metrics with their reading, and the step timings of a run."
     run = Path(run_dir)
-    m = run / "eval" / "metrics.json"
-    if m.exists():
-        systems = json.loads(m.read_text())["systems"]
-        print("\n" + f"{'system':<24}" + "".join(f"{h:>10}" for h in ("nDCG@10", "R@1", "R@10", "R@100", "MRR@10", "MAP@100")))
-        for row in metric_rows(systems): print(f"{row[0]:<24}" + "".join(f"{v:>10.3f}" for v in row[1:]))
-    steps = json.loads((run / "state.json").read_text())["steps"]
-    print("\n" + "  ".join(f"{k} {v['seconds']:.0f}s" for k, v in steps.items()))
+    if (run / "eval" / "metrics.json").exists():
+        m = _load_json(run / "eval" / "metrics.json")
+        print("\n" + f"{'system':<24}" + "".join(f"{h:>10}" for h in METRIC_COLUMNS.values()))
+        for row in metric_rows(m["systems"]): print(f"{row[0]:<24}" + "".join(f"{v:>10.3f}" for v in row[1:]))
+        print("\n" + "\n".join(metrics_reading(m)))
+    print("\n" + "  ".join(f"{k} {v['seconds']:.0f}s" for k, v in RunState(run).steps.items()))

@@ -4,9 +4,11 @@
 
 The pipeline sees only CISI's 1,460 documents: the local LLM writes one query per document, MiniLM mines hard
 negatives, MiniLM is fine-tuned on them. Then BM25, the base and the fine-tuned model (and their fusions) are
-scored on CISI's 76 human-judged queries, which no step has seen. Every stage runs in a fresh process so its peak
-memory is its own. Query generation resumes where it stopped (delete --out to start over); `--stages
-mine,train,evaluate` reruns just those, e.g. with other training flags. Prints tables and writes `<out>/bench.json`.
+scored on CISI's 76 human-judged queries, which no step has seen. The stages go through the demo's runner
+(`archivesrag.pipeline.run_steps`), each in a fresh process so its peak memory is its own; `<out>/bench.json`
+records each stage's seconds, peak memory, figures and flags. A rerun skips finished stages, and query generation
+resumes where it stopped (delete --out to start over); `--stages mine,train,evaluate` reruns just those, e.g. with
+other training flags. Prints tables.
 
 Queries come from the documents only and no human judgement is used in training. The defaults below were picked
 from six pilot runs on the first 300 documents, scored on these same 76 queries: read differences of a point or
@@ -16,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import time
@@ -26,26 +26,20 @@ from pathlib import Path
 
 os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def stage_corpus(a):
+def stage_corpus(out: Path, a):
     from archivesrag.corpus import save_corpus
     from archivesrag.evaluation import load_glasgow
     corpus, queries, qrels = load_glasgow(a.cisi)
     corpus = corpus.map(lambda r: {"doc_id": r["id"]})
-    save_corpus(corpus, Path(a.out) / "corpus.jsonl")
+    save_corpus(corpus, out / "corpus.jsonl")
     return {"documents": len(corpus), "judged_queries": len(qrels)}
 
 
-def stage_queries(a):
+def stage_queries(out: Path, a):
     from archivesrag.llm import get_llm
     from archivesrag.queries import generate_queries
-    out = Path(a.out)
     before = sum(1 for _ in open(out / "queries.jsonl")) if (out / "queries.jsonl").exists() else 0
     t0 = time.perf_counter()
     from archivesrag.corpus import load_corpus
@@ -58,18 +52,16 @@ def stage_queries(a):
             "passages_per_s": round(summary.get("attempted", new) / dt, 3) if new else None}
 
 
-def stage_mine(a):
+def stage_mine(out: Path, a):
     from archivesrag.negatives import mine_hard_negatives
-    out = Path(a.out)
     return mine_hard_negatives(out / "queries.jsonl", out / "minedHN.jsonl", model_name_or_path="minilm",
                                range_for_sampling=a.range_for_sampling, negative_number=15,
                                candidate_pool=out / "corpus.jsonl", round_trip_k=a.round_trip_k or None, seed=a.seed,
                                cache_dir=out / "cache")
 
 
-def stage_train(a):
+def stage_train(out: Path, a):
     from archivesrag.training import train
-    out = Path(a.out)
     model = out / "model"
     if model.exists(): shutil.rmtree(model)  # a rerun of this stage trains anew (e.g. with other flags)
     t0 = time.perf_counter()
@@ -83,11 +75,11 @@ def stage_train(a):
             "train_samples_per_s": round(n * a.num_train_epochs / dt, 2)}
 
 
-def stage_evaluate(a):
+def stage_evaluate(out: Path, a):
     "Single systems on all 76 judged queries (nothing to tune); fusions on half of them (the other half tunes the weight)."
     from archivesrag.evaluation import evaluate, evaluate_systems, load_glasgow, wins_losses
     from archivesrag.models import resolve_embedder
-    out = Path(a.out)
+    from archivesrag.pipeline import paired_bootstrap
     corpus, queries, qrels = load_glasgow(a.cisi)
     single = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": resolve_embedder("minilm"),
                               "fine-tuned": str(out / "model")}, hybrid=False, cache_dir=out / "cache")
@@ -96,6 +88,7 @@ def stage_evaluate(a):
     pq = single["per_query"]
     return {"systems": single["systems"], "n_queries": single["n_queries"],
             "p_values": {b: paired_p(pq, "fine-tuned", b) for b in ("base", "BM25")},
+            "intervals": {b: paired_bootstrap(pq, "fine-tuned", b) for b in ("base", "BM25")},
             "wins_vs_base": wins_losses(single["per_query"], "fine-tuned", "base"),
             "wins_vs_bm25": wins_losses(single["per_query"], "fine-tuned", "BM25"),
             "hybrid": {"systems": fused["systems"], "n_queries": fused["n_queries"],
@@ -109,13 +102,13 @@ def paired_p(per_query: dict, system: str, baseline: str) -> dict:
     return {"t_test": round(float(ttest_rel(x, y).pvalue), 4), "wilcoxon": round(float(wilcoxon(x, y).pvalue), 4)}
 
 
-def stage_encoding(a):
+def stage_encoding(out: Path, a):
     "Docs/s: the pipeline's cached encoder (cold cache) vs a bare SentenceTransformer.encode of the same texts."
     import tempfile
     from archivesrag.corpus import read_jsonl
     from archivesrag.models import load_embedder, resolve_embedder
     from archivesrag.negatives import encode_cached
-    texts = [r["text"] for r in read_jsonl(Path(a.out) / "corpus.jsonl")]
+    texts = [r["text"] for r in read_jsonl(out / "corpus.jsonl")]
     model = load_embedder("minilm")
     model.encode(texts[:64])  # warm-up
     bare, cold, warm = [], [], []
@@ -129,11 +122,10 @@ def stage_encoding(a):
             "cached_rerun_s": round(min(warm), 3), "bare_s": [round(x, 1) for x in bare], "pipeline_s": [round(x, 1) for x in cold]}
 
 
-def stage_search(a):
+def stage_search(out: Path, a):
     "Search latency on CISI's queries with the fine-tuned model: ms/query without and with query encoding."
     from archivesrag.evaluation import load_glasgow, tuned_fusion_weight
     from archivesrag.search import SearchIndex
-    out = Path(a.out)
     _, queries, qrels = load_glasgow(a.cisi)
     qs = [queries[q] for q in qrels]
     t0 = time.perf_counter()
@@ -155,29 +147,11 @@ def stage_search(a):
     return {"index_build_s": round(build, 1), "faiss_ms_per_query_excl_encoding": round(faiss_only, 3), **res}
 
 
-STAGES = [("corpus", stage_corpus), ("queries", stage_queries), ("mine", stage_mine), ("train", stage_train),
-          ("evaluate", stage_evaluate), ("encoding", stage_encoding), ("search", stage_search)]
+STAGES = dict(corpus=stage_corpus, queries=stage_queries, mine=stage_mine, train=stage_train,
+              evaluate=stage_evaluate, encoding=stage_encoding, search=stage_search)
 
 
-def _child(fn, a, q):
-    t0 = time.perf_counter()
-    try: q.put(("ok", fn(a), time.perf_counter() - t0, _peak_mb()))
-    except BaseException as e: q.put(("error", f"{type(e).__name__}: {e}", time.perf_counter() - t0, _peak_mb()))
-
-
-def run_stage(name, fn, a):
-    "Run one stage in a fresh process (spawn) so its peak RSS is its own."
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(fn, a, q))
-    p.start()
-    status, info, secs, peak = q.get()
-    p.join()
-    if status != "ok": sys.exit(f"stage {name} failed: {info}")
-    return {"seconds": round(secs, 1), "peak_rss_mb": round(peak), "result": info}
-
-
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     repo = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cisi", default=os.environ.get("ARCHIVESRAG_CISI", repo.parent / "shared" / "datasets" / "cisi"))
@@ -186,7 +160,7 @@ def main(argv=None):
     p.add_argument("--num_train_epochs", type=float, default=1)
     p.add_argument("--learning_rate", type=float, default=3e-5)
     p.add_argument("--temperature", type=float, default=0.05,
-                   help="0.05: the scale (20) MiniLM was pre-trained with; the seed's 0.02 suits bge")
+                   help="0.05: the scale (20) MiniLM was pre-trained with; the original recipe's 0.02 suits bge")
     p.add_argument("--train_group_size", type=int, default=2)
     p.add_argument("--passage_max_len", type=int, default=128, help="training only; evaluation embeds whole abstracts")
     p.add_argument("--range_for_sampling", default="10-100",
@@ -194,23 +168,36 @@ def main(argv=None):
     p.add_argument("--round_trip_k", type=int, default=10,
                    help="keep a query only if the base model ranks its document in the top k (0: keep all)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--stages", default=",".join(n for n, _ in STAGES), help="comma-separated subset to (re)run")
+    p.add_argument("--stages", help=f"comma-separated stages to (re)run even if finished: {','.join(STAGES)} "
+                                    "(default: every stage not finished yet)")
     a = p.parse_args(argv)
     a.cisi, a.out = str(a.cisi), str(a.out)
+    unknown = set((a.stages or "").split(",")) - set(STAGES) - {""}
+    if unknown: p.error(f"unknown stage(s) {', '.join(sorted(unknown))}; stages are {', '.join(STAGES)}")
+    return a
+
+
+def _upgrade_results(path: Path):
+    "bench.json of an earlier version kept the stages at the top level; the runner's state file keeps them under 'steps'."
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if data and "steps" not in data: path.write_text(json.dumps({"steps": data}, indent=1))
+
+
+def main(argv=None):
+    a = parse_args(argv)
     if not (Path(a.cisi) / "CISI.ALL").exists(): sys.exit(f"CISI not found in {a.cisi}: pass --cisi DIR")
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    results_file = Path(a.out) / "bench.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    wanted = a.stages.split(",")
-    args = {k: v for k, v in vars(a).items() if k not in ("cisi", "out", "stages")}
-    for name, fn in STAGES:
-        if name not in wanted: continue
-        print(f"[{name}] ...", flush=True)
-        results[name] = {**run_stage(name, fn, a), "args": args}
-        results_file.write_text(json.dumps(results, indent=1))
-        print(f"[{name}] {results[name]['seconds']} s, peak {results[name]['peak_rss_mb']} MB: "
-              f"{json.dumps(results[name]['result'])[:300]}", flush=True)
-    report(results)
+    from archivesrag.models import get_device
+    if get_device() != "cuda":  # CPU: tokenizers' threads only compete with torch's; on a GPU they feed it
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from archivesrag.pipeline import RunState, run_steps
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    _upgrade_results(out / "bench.json")
+    state = RunState(out, "bench.json")
+    wanted = a.stages.split(",") if a.stages else list(STAGES)
+    try: run_steps(out, {n: f for n, f in STAGES.items() if n in wanted}, a, state, redo=set(wanted) if a.stages else (),
+                   fresh_process=True)  # each stage in its own process: its peak memory is its own
+    except RuntimeError as e: sys.exit(f"bench stopped: {e}")
+    report(state.steps)
 
 
 def comparison(systems: dict, title: str):
@@ -234,6 +221,9 @@ def report(results):
                   f"vs BM25: {b['wins']} wins, {b['losses']} losses, {b['ties']} ties")
         for name, pv in r.get("p_values", {}).items():
             print(f"fine-tuned vs {name}, nDCG@10: p = {pv['t_test']} (paired t-test), {pv['wilcoxon']} (Wilcoxon)")
+        for name, ci in r.get("intervals", {}).items():
+            if ci: print(f"fine-tuned - {name}, nDCG@10: {ci['mean']:+.3f}, 95% paired bootstrap interval "
+                         f"{ci['low']:+.3f} to {ci['high']:+.3f} ({ci['n']} queries)")
         h = r.get("hybrid")
         if h: comparison(h["systems"], f"Fusions, on the {h['n_queries']} judged queries left after "
                                        f"{h['n_tune_queries']} tuned the fusion weight")
