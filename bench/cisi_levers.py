@@ -56,13 +56,13 @@ def minmax(x: np.ndarray) -> np.ndarray:
 class Teacher:
     "Base MiniLM fused with BM25 (min-max per query over the whole corpus, equal weights): scores any (query, doc)."
     def __init__(self, base_path: str, docs: list[str], base_emb: np.ndarray):
-        from archivesrag.evaluation import build_bm25
+        from archivesrag.retrieval import build_bm25
         self.model_path, self.emb, self.bm25 = base_path, base_emb, build_bm25(docs)
         self.n = len(docs)
 
     def scores(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         "(dense cosine [nq, n], fused teacher score in [0, 1] [nq, n])."
-        from archivesrag.evaluation import bm25_search
+        from archivesrag.retrieval import bm25_search
         qemb = encode(self.model_path, queries)
         dense = qemb @ self.emb.T
         idx, sc = bm25_search(self.bm25, queries, self.n)
@@ -166,7 +166,7 @@ def main():
     corpus, queries, qrels, split = load(a.cisi)
     doc_ids = list(corpus["id"])
     docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
-    from archivesrag.evaluation import build_bm25, bm25_search
+    from archivesrag.retrieval import build_bm25, bm25_search
     from archivesrag.models import resolve_embedder
     base = resolve_embedder("minilm")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -197,5 +197,76 @@ def main():
     print(json.dumps({"lever": res["args"], "validation": res["validation"]}, indent=None))
 
 
+
+
+def per_query_ndcg(scores: np.ndarray, qids, qrels, doc_ids) -> dict[str, float]:
+    from ranx import Qrels, Run, evaluate as rx
+    top = np.argsort(-scores, axis=1)[:, :100]
+    run = Run({q: {doc_ids[j]: float(scores[n, j]) for j in top[n]} for n, q in enumerate(qids)})
+    qr = Qrels({q: {d: 1 for d in qrels[q]} for q in qids})
+    rx(qr, run, "ndcg@10")
+    return {q: float(run.scores["ndcg@10"].get(q, 0.0)) for q in qids}
+
+
+def bootstrap_diff(a: dict, b: dict, n: int = 10_000, seed: int = 0) -> dict:
+    "Mean paired difference a − b over queries, its bootstrap 95% interval, and the paired t-test p-value."
+    from scipy.stats import ttest_rel
+    qs = sorted(a)
+    d = np.array([a[q] - b[q] for q in qs])
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    return {"diff": round(float(d.mean()), 4), "ci95": [round(float(np.percentile(means, 2.5)), 4),
+            round(float(np.percentile(means, 97.5)), 4)], "p_t_test": round(float(ttest_rel(list(a[q] for q in qs), list(b[q] for q in qs)).pvalue), 4)}
+
+
+def report(lever: str, cisi: str):
+    "Systems on both halves; fusion weights chosen on validation; differences with intervals. Writes bench/cisi_levers.json."
+    from archivesrag.models import resolve_embedder
+    from archivesrag.retrieval import build_bm25, bm25_search
+    corpus, queries, qrels, split = load(cisi)
+    doc_ids = list(corpus["id"])
+    docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
+    bm25 = build_bm25(docs)
+    tuned = OUT / "levers" / lever / "model"
+    models = {"base": (resolve_embedder("minilm"), OUT / "cache" / "base_docs.npy"), "fine-tuned": (str(tuned), tuned / "docs.npy")}
+    grid = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+    halves = {}
+    for half in ("validation", "test"):
+        qids = split[half]
+        idx, sc = bm25_search(bm25, [queries[q] for q in qids], len(docs))
+        lex = np.zeros((len(qids), len(docs)), np.float32)
+        np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
+        halves[half] = {"lex": lex, "dense": {m: scores_for(p, corpus, queries, qids, c) for m, (p, c) in models.items()}}
+    # the fusion weight of each model: the best validation nDCG@10 on the grid
+    weights = {}
+    for m in models:
+        v = halves["validation"]
+        best = max(grid, key=lambda w: np.mean(list(per_query_ndcg(w * minmax(v["dense"][m]) + (1 - w) * minmax(v["lex"]),
+                                                                    split["validation"], qrels, doc_ids).values())))
+        weights[m] = best
+    out = {"lever": lever, "fusion_weight_dense": weights, "split": "bench/cisi_query_split.json"}
+    for half in ("validation", "test"):
+        qids, h = split[half], halves[half]
+        systems = {"BM25": h["lex"], "base": h["dense"]["base"], "fine-tuned": h["dense"]["fine-tuned"]}
+        for m in models: systems[f"{m}+BM25"] = weights[m] * minmax(h["dense"][m]) + (1 - weights[m]) * minmax(h["lex"])
+        pq = {s: per_query_ndcg(x, qids, qrels, doc_ids) for s, x in systems.items()}
+        figs = {s: evaluate(x, h["lex"], qids, qrels, doc_ids, weights=(1.0,))["w=1.0"] for s, x in systems.items()}
+        out[half] = {"n_queries": len(qids), "systems": figs,
+                     "differences_ndcg@10": {f"{a} − {b}": bootstrap_diff(pq[a], pq[b]) for a, b in
+                                             [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "base+BM25"),
+                                              ("fine-tuned+BM25", "base"), ("fine-tuned+BM25", "BM25")]}}
+    (REPO / "bench" / "cisi_levers.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    for half in ("validation", "test"):
+        print(f"\nCISI {half} half ({out[half]['n_queries']} judged queries); fusion weights (dense) chosen on validation: {weights}")
+        print(f"{'system':<18}{'nDCG@10':>9}{'R@100':>9}")
+        for s, m in out[half]["systems"].items(): print(f"{s:<18}{m['ndcg@10']:>9.3f}{m['recall@100']:>9.3f}")
+        for k, d in out[half]["differences_ndcg@10"].items():
+            print(f"  {k:<28}{d['diff']:>+8.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]  p = {d['p_t_test']}")
+    return out
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if len(sys.argv) > 2 and sys.argv[1] == "--report":  # python bench/cisi_levers.py --report LEVER_NAME
+        report(sys.argv[2], str(REPO.parent / "shared" / "datasets" / "cisi"))
+    else: main()
