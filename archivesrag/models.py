@@ -1,4 +1,4 @@
-"""Step 0a: one place that picks every model — the seed's full recipe on a GPU, or small bundled models offline.
+"""Step 0a: one place that picks every model — the original recipe's models on a GPU, or small bundled models offline.
 
 Docs: https://archivesrag.github.io/archivesrag/models.html.md"""
 
@@ -17,9 +17,9 @@ FULL_MODELS = dict(
     query_llm="gpt-4o",                                   # 01: writes synthetic queries (OpenAI API)
     miner="BAAI/bge-base-en-v1.5",                        # 02: mines hard negatives
     base_embedder="mixedbread-ai/mxbai-embed-large-v1",  # 03: the model we fine-tune
-    rag_llm="meta-llama/Meta-Llama-3-8B-Instruct",       # 06: answers questions (vLLM), on a GPU with >= 24 GB
+    rag_llm="meta-llama/Meta-Llama-3-8B-Instruct",       # 06: answers (vLLM); the recipe says "Llama 3", we take 8B Instruct
 )
-"The seed's full recipe: GPU, internet."
+"The original recipe's models: GPU, internet."
 
 OFFLINE_MODELS = dict(
     query_llm="SmolLM2-135M-Instruct (bundled GGUF)",
@@ -101,7 +101,7 @@ def _on_hub(name: str) -> bool:
 
 # %% ../nbs/00a_models.ipynb #c007b
 def resolve_embedder(name: str | None = None, offline: bool | None = None, role: str = "base_embedder") -> str:
-    "A loadable embedder: an absolute local folder, a Hub id, or the bundled MiniLM in place of the seed's models offline."
+    "A loadable embedder: an absolute local folder, a Hub id, or the bundled MiniLM in place of the original recipe's models offline."
     from archivesrag.corpus import InputError
     offline = is_offline() if offline is None else offline
     if name is None: return str(bundled_embedder_path()) if offline else FULL_MODELS[role]
@@ -110,7 +110,7 @@ def resolve_embedder(name: str | None = None, offline: bool | None = None, role:
     if Path(name).expanduser().exists(): return str(Path(name).expanduser().resolve())  # an index records it
     if _looks_like_path(name): raise InputError(f"{name}: no such model folder (check the path)")
     if offline and not _in_hf_cache(name):
-        if name in FULL_MODELS.values():   # the seed's own models: the bundled one stands in, and we say so
+        if name in FULL_MODELS.values():   # the original recipe's models: the bundled one stands in, and we say so
             print(f"offline: using the bundled all-MiniLM-L6-v2 instead of {name}")
             return str(bundled_embedder_path())
         raise InputError(f"{name}: not a local folder, not in the Hugging Face cache, and this machine is offline; "
@@ -156,11 +156,11 @@ def rag_model_for_gpu(gib: float | None = None) -> str | None:
     return FULL_MODELS["rag_llm"] if gib >= RAG_8B_MIN_GIB else SMALL_GPU_RAG_LLM
 
 def full_recipe() -> bool:
-    "True where the seed's full recipe runs: a CUDA GPU, and the Hugging Face Hub reachable (not asked to be offline)."
+    "True where the original recipe's models run: a CUDA GPU, and the Hugging Face Hub reachable (not asked to be offline)."
     return get_device() == "cuda" and not is_offline()
 
 def recipe(role: str) -> str:
-    "The model for `role` (a key of FULL_MODELS) on this machine: the seed's with CUDA and internet, else the bundled one."
+    "The model for `role` (a key of FULL_MODELS) on this machine: the original recipe's with CUDA and internet, else the bundled one."
     if role not in FULL_MODELS: raise KeyError(f"{role!r}: roles are {', '.join(FULL_MODELS)}")
     if full_recipe(): return rag_model_for_gpu() if role == "rag_llm" else FULL_MODELS[role]
     return str(bundled_gguf_path() if role in ("query_llm", "rag_llm") else bundled_embedder_path())

@@ -1,4 +1,4 @@
-"""Step 3: fine-tune the embedder with the seed's FlagEmbedding recipe, and save a folder `SentenceTransformer` loads correctly.
+"""Step 3: fine-tune the embedder with the original recipe's FlagEmbedding command, and save a folder `SentenceTransformer` loads correctly.
 
 Docs: https://archivesrag.github.io/archivesrag/training.html.md"""
 
@@ -30,17 +30,17 @@ __all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'ds_conf
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
-"The FlagEmbedding 1.4 module that replaces the seed's `run.py`."
+"The FlagEmbedding 1.4 module that replaces the original recipe's `run.py`."
 
 SEED_FLAG_RENAMES = {
     "--normlized": "--normalize_embeddings",   # 1.2's typo, renamed in 1.3
     "--use_inbatch_neg": None,                 # removed: 1.4 always uses in-batch negatives
-    "--deepspeed ./df_config.json": "--deepspeed ds_config.json",  # the seed's README typo; the file ships with archivesrag
+    "--deepspeed ./df_config.json": "--deepspeed ds_config.json",  # the recipe's typo; the file ships with archivesrag
 }
-"Seed (FlagEmbedding 1.2) names -> FlagEmbedding 1.4 names; None means the flag no longer exists."
+"Original recipe (FlagEmbedding 1.2) names -> FlagEmbedding 1.4 names; None means the flag no longer exists."
 
 SEED_FLAGS = [
-    # (seed flag, FlagEmbedding 1.4 flag, which 1.4 dataclass, what it does)
+    # (original recipe's flag, FlagEmbedding 1.4 flag, which 1.4 dataclass, what it does)
     ("run.py", f"-m {FE_MODULE}", "-", "the training entry point"),
     ("--output_dir", "--output_dir", "TrainingArguments", "where the model and checkpoints go"),
     ("--model_name_or_path", "--model_name_or_path", "ModelArguments", "base model (offline: the bundled MiniLM)"),
@@ -63,7 +63,7 @@ SEED_FLAGS = [
     ("--use_inbatch_neg", "(removed)", "-", "in-batch negatives are always on"),
     ("--deepspeed ./df_config.json", "--deepspeed ds_config.json", "TrainingArguments", "ZeRO config (ships as package data)"),
 ]
-"Every flag of the seed's training command and where it lives in FlagEmbedding 1.4."
+"Every flag of the original recipe's training command and where it lives in FlagEmbedding 1.4."
 
 # %% ../nbs/03_training.ipynb #c015
 def _flagembedding():
@@ -78,7 +78,7 @@ def _flagembedding():
         raise ImportError(f"Training needs FlagEmbedding: pip install \"archivesrag[train]\".{hint} ({e})") from e
 
 def ds_config_path() -> Path:
-    "The DeepSpeed config the seed refers to (`--deepspeed ds_config.json`), shipped with the package."
+    "The DeepSpeed config the original recipe refers to (`--deepspeed ds_config.json`), shipped with the package."
     from importlib.resources import files
     return Path(str(files("archivesrag") / "data" / "ds_config.json"))
 
@@ -214,14 +214,25 @@ def loss_summary(log_history: list[dict]) -> dict:
         if k in final: s[k] = final[k]
     return s
 
-def plot_loss(source, ax=None, title: str = "Training loss (InfoNCE)"):
-    "Plot the logged training loss against the step; `source` is an output folder or a log history."
-    import matplotlib.pyplot as plt
+def plot_loss(source, ax=None, title: str = "Training loss (InfoNCE)", window: int | None = None):
+    "Plot the logged loss against the step: raw points faintly, and their centred rolling mean over `window` points."
+    import matplotlib.pyplot as plt, pandas as pd
+    from matplotlib.ticker import MaxNLocator
     losses = [(h["step"], h["loss"]) for h in load_log_history(source) if "loss" in h]
-    ax = ax or plt.subplots(figsize=(6, 3))[1]
-    if losses: ax.plot(*zip(*losses), marker="o", ms=3, color="#4C72B0")
-    else: ax.text(0.5, 0.5, "no loss logged (lower --logging_steps)", ha="center", transform=ax.transAxes)
+    created, ax = ax is None, ax or plt.subplots(figsize=(8, 3))[1]
     ax.set(xlabel="step", ylabel="loss", title=title)
+    if not losses:
+        ax.text(0.5, 0.5, "no loss logged (lower --logging_steps)", ha="center", transform=ax.transAxes)
+        return ax
+    steps, values = zip(*losses)
+    ax.plot(steps, values, marker="o", ms=4, lw=0.8, alpha=0.35, color="#4C72B0", label="logged loss (raw)")
+    window = window or max(3, len(values) // 8)   # about an eighth of the points, at least 3
+    if len(values) >= 3 and window > 1:
+        smooth = pd.Series(values).rolling(window, center=True, min_periods=1).mean()
+        ax.plot(steps, smooth, lw=2.2, color="#C44E52", label=f"rolling mean,\n{window} points, centred")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    if created: ax.figure.tight_layout()   # room for the legend beside the axes
     return ax
 
 # %% ../nbs/03_training.ipynb #c030
@@ -272,7 +283,7 @@ def write_model_card(output_dir, base_model: str, train_data=None, data_report: 
                  "## Training data", "", f"- files: {', '.join(f'`{d}`' for d in data) or '?'}"]
     L += [f"- {k.replace('_', ' ')}: {v}" for k, v in (data_report or {}).items()]
     L += ["", "## Training arguments", "", "| argument | value |", "|---|---|"]
-    L += [f"| {k} | {_fmt(v)} |" for k, v in (args or {}).items()]
+    L += [f"| {k} | {_fmt(hub_name(v) if k == 'model_name_or_path' else v)} |" for k, v in (args or {}).items()]
     L += ["", "## Training loss", ""]
     if s.get("logged"):
         L += [f"- steps: {s['steps']}, logged losses: {s['logged']}",
@@ -307,7 +318,7 @@ def _arg(default=None, help: str = "", **kw):
 
 @dataclass
 class TrainArgs:
-    "The seed's training command line (its `run.py` flags), with the seed's values as defaults."
+    "The original recipe's training command line (its `run.py` flags), with the recipe's values as defaults."
     output_dir: str = field(metadata={"help": "where the model, checkpoints and model card go"})
     train_data: list[str] = field(metadata={"help": "mined JSONL file(s): query, pos, neg"})
     model_name_or_path: str | None = _arg(None, "base model (default: mxbai-embed-large-v1; offline the bundled MiniLM)")
@@ -316,7 +327,7 @@ class TrainArgs:
     num_train_epochs: float = _arg(5, "passes over the data")
     per_device_train_batch_size: int = _arg(32, "queries per step per device")
     dataloader_drop_last: bool = _arg(True, "skip the last, short batch")
-    normalize_embeddings: bool = _arg(True, "L2-normalise embeddings (the seed's --normlized)", aliases=["--normlized"])
+    normalize_embeddings: bool = _arg(True, "L2-normalise embeddings (the original recipe's --normlized)", aliases=["--normlized"])
     temperature: float = _arg(0.02, "InfoNCE temperature tau")
     query_max_len: int = _arg(64, "query tokens kept")
     passage_max_len: int = _arg(256, "passage tokens kept")
@@ -327,7 +338,7 @@ class TrainArgs:
     query_instruction_for_retrieval: str = _arg("", "prefix added to each query")
     sentence_pooling_method: str | None = _arg(None, "cls, mean or last_token (default: the base model's own pooling)",
                                                choices=["cls", "mean", "last_token"])
-    use_inbatch_neg: bool = _arg(True, "accepted for the seed; FlagEmbedding 1.4 always uses in-batch negatives")
+    use_inbatch_neg: bool = _arg(True, "accepted for the original recipe; FlagEmbedding 1.4 always uses in-batch negatives")
     deepspeed: str | None = _arg(None, "DeepSpeed config; ds_config.json means the one shipped with archivesrag")
     gradient_checkpointing: bool = _arg(False, "recompute activations: larger batches for about a third more time")
     resume_from_checkpoint: str | None = _arg(None, "a checkpoint folder, or 'last'")
@@ -470,7 +481,7 @@ def _finish(a: TrainArgs, base: str, pooling: str, report: dict, card_args: dict
 # %% ../nbs/03_training.ipynb #c033c
 def train(train_data, output_dir, model_name_or_path: str | None = None, extra_args: list[str] | None = None,
           **options) -> Path:
-    "Fine-tune an embedder with FlagEmbedding (the seed's recipe); save a sentence-transformers folder with a model card."
+    "Fine-tune an embedder with FlagEmbedding (the original recipe's command); save a sentence-transformers folder with a model card."
     known = {f.name for f in fields(TrainArgs)}
     paths = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
     a = TrainArgs(str(output_dir), [str(p) for p in paths], None if model_name_or_path is None else str(model_name_or_path),
@@ -507,16 +518,16 @@ def train(train_data, output_dir, model_name_or_path: str | None = None, extra_a
 
 # %% ../nbs/03_training.ipynb #c049
 def train_parser():
-    "The parser of `archivesrag train`: TrainArgs' flags, with the seed's names."
+    "The parser of `archivesrag train`: TrainArgs' flags, with the original recipe's names."
     from transformers import HfArgumentParser
     return HfArgumentParser(TrainArgs, prog="archivesrag train", allow_abbrev=False,
                             description="Fine-tune an embedder on mined {query, pos, neg} JSONL with FlagEmbedding "
-                                        "(the seed's run.py).",
+                                        "(the original recipe's run.py).",
                             epilog="Any other transformers.TrainingArguments flag (--max_steps, --warmup_ratio, "
                                    "--seed, ...) passes through to FlagEmbedding.")
 
 def train_cli(argv=None) -> int:
-    "archivesrag train: the seed's `run.py` command line, run with FlagEmbedding 1.4."
+    "archivesrag train: the original recipe's `run.py` command line, run with FlagEmbedding 1.4."
     argv = list(sys.argv[1:] if argv is None else argv)
     for flag in (t.split("=")[0] for t in argv):
         if SEED_FLAG_RENAMES.get(flag): print(f"renamed for FlagEmbedding 1.4: {flag} -> {SEED_FLAG_RENAMES[flag]}")
