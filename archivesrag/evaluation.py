@@ -40,8 +40,8 @@ def _quiet():
 __all__ = ['METRICS', 'read_glasgow_records', 'read_glasgow_qrels', 'load_glasgow', 'find_cisi', 'subsample_collection', 'to_run',
            'bm25_run', 'dense_run', 'tune_fusion_weight', 'system_runs', 'evaluate_runs', 'evaluate_systems',
            'metrics_table', 'format_table', 'plot_metrics', 'wins_losses', 'plot_wins', 'plot_query_scatter',
-           'plot_best_system', 'queries_from_records', 'tuning_half', 'EvalSet', 'collection_set', 'archive_set',
-           'save_fusion_weight', 'tuned_fusion_weight', 'eval_systems', 'evaluate', 'evaluate_cli']
+           'plot_best_system', 'queries_from_records', 'tuning_half', 'paired_bootstrap', 'EvalSet', 'collection_set',
+           'archive_set', 'save_fusion_weight', 'tuned_fusion_weight', 'eval_systems', 'evaluate', 'evaluate_cli']
 
 # %% ../nbs/04_evaluation.ipynb #c014
 _FIELD = re.compile(r"^\.([A-Z])\s*$")
@@ -266,14 +266,14 @@ def plot_metrics(results: dict, metrics=None, ax=None, title: str | None = None)
     "Grouped bar chart: one group per metric, one bar per system."
     import matplotlib.pyplot as plt
     df = metrics_table(results, metrics)
-    ax = ax or plt.subplots(figsize=(max(6, 1.6 * len(df.columns)), 3.5))[1]
+    ax = ax or plt.subplots(figsize=(min(10, max(6, 1.6 * len(df.columns))), 3.5))[1]
     n, width = len(df), 0.8 / max(1, len(df))
     x = np.arange(len(df.columns))
     for i, (name, row) in enumerate(df.iterrows()):
         ax.bar(x + (i - (n - 1) / 2) * width, row.values, width, label=name)
     ax.set_xticks(x, df.columns)
     ax.set(ylim=(0, 1.05), ylabel="score", title=title or f"Retrieval quality ({results.get('n_queries', '?')} queries)")
-    ax.legend(fontsize=8, ncol=2 if n > 4 else 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # outside: bars stay visible
     return ax
 
 def wins_losses(per_query: dict, system: str, baseline: str, eps: float = 1e-9) -> dict:
@@ -333,7 +333,7 @@ def queries_from_records(records: list[dict], corpus, source: str = "queries") -
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{source}:{r.get('_line', n)}: record has no 'query' string")
         pid = str(r["id"]) if r.get("id") is not None else None
-        if pid not in known:  # the seed's format has no id: find the passage by its text
+        if pid not in known:  # the original recipe's format has no id: find the passage by its text
             pos = r.get("positive") or r.get("pos") or []
             pid = by_text.get(pos[0]) if pos and isinstance(pos[0], str) else None
         if pid is None: report["skipped_not_in_corpus"] += 1; continue
@@ -351,6 +351,20 @@ def tuning_half(qids, doc_of: dict | None = None, seed: int = 42, fraction: floa
     random.Random(seed).shuffle(groups)
     chosen = set(groups[:round(len(groups) * fraction)])
     return [q for q in qids if (doc_of or {}).get(q, q) in chosen]
+
+# %% ../nbs/04_evaluation.ipynb #c059
+def paired_bootstrap(per_query: dict, a: str, b: str, n: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    "Mean per-query difference `a − b` (e.g. nDCG@10 of `evaluate_runs`' `per_query`) with a paired bootstrap interval."
+    d = np.array([v[a] - v[b] for v in per_query.values() if a in v and b in v], dtype=np.float64)
+    if len(d) < 2: raise InputError(f"need at least 2 queries scored by both '{a}' and '{b}', got {len(d)}")
+    rng, means = np.random.default_rng(seed), []
+    for size in [1000] * (n // 1000) + [n % 1000]:  # resample in chunks: memory stays small for large query sets
+        if size: means.append(d[rng.integers(0, len(d), (size, len(d)))].mean(axis=1))
+    means = np.concatenate(means)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"a": a, "b": b, "n_queries": len(d), "diff": round(float(d.mean()), 4), "low": round(float(low), 4),
+            "high": round(float(high), 4), "level": level, "share_not_better": round(float((means <= 0).mean()), 4)}
+
 
 # %% ../nbs/04_evaluation.ipynb #c053
 @dataclass
@@ -490,7 +504,7 @@ def _save_plots(results: dict, folder: Path, label: str) -> list[str]:
     def save(fig, stem):
         f = folder / f"{stem}_{slug}.png"
         fig.tight_layout(); fig.savefig(f, dpi=110); plt.close(fig); saved.append(str(f))
-    fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(METRICS)), 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     plot_metrics(results, ax=ax, title=f"{label}: {results['n_queries']} queries"); save(fig, "metrics")
     if "fine-tuned" in names and "base" in names:
         fig, ax = plt.subplots(figsize=(7, 3)); plot_wins(pq, "fine-tuned", "base", ax=ax); save(fig, "wins")

@@ -64,7 +64,7 @@ def load_training_records(path: str | Path) -> tuple[list[dict], dict]:
     return out, dict(report)
 
 def pool_from_records(records: list[dict]) -> tuple[list[str], list[str]]:
-    "The seed's default pool: every positive and negative text in the input, once each (first id wins), in file order."
+    "The original recipe's default pool: every positive and negative text in the input, once each (first id wins), in file order."
     ids, texts, seen = [], [], set()
     for r in records:
         for pid, t in [*zip(r["pos_ids"], r["pos"]), *zip(r["neg_ids"], r["neg"])]:
@@ -307,7 +307,7 @@ def plot_mined_scores(records: list[dict], ax=None, bins: int = 30):
     ax.hist(neg, bins=bins, alpha=.6, density=True, color="#C44E52", label=f"mined negatives ({len(neg)})")
     ax.hist(pos, bins=bins, alpha=.6, density=True, color="#4C72B0", label=f"positives ({len(pos)})")
     ax.set(xlabel="cosine similarity to the query", ylabel="density", title="Positive vs negative scores")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # outside: both humps stay visible
     return ax
 
 def plot_negative_ranks(records: list[dict], range_for_sampling: str | None = None, ax=None, bins: int = 40):
@@ -336,7 +336,7 @@ def mine_hn_cli(model_name_or_path: str = None,  # embedder used for mining (def
                 split_file: str = None,  # split.json: mine only training queries, from a pool without test or validation passages
                 cache_dir: str = None,  # embedding cache (default: $ARCHIVESRAG_CACHE or ~/.cache/archivesrag/embeddings)
                 ) -> int:
-    "archivesrag mine-hn: the seed's `mine_hn.py`. Mine hard negatives for each query with faiss; write FlagEmbedding training JSONL."
+    "archivesrag mine-hn: the original recipe's `mine_hn.py`. Mine hard negatives for each query with faiss; write FlagEmbedding training JSONL."
     for flag, v in (("--input_file", input_file), ("--output_file", output_file)):
         if not v: raise InputError(f"{flag} is required")
     mine_hard_negatives(input_file, output_file, model_name_or_path, range_for_sampling, negative_number, candidate_pool,

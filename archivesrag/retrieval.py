@@ -19,7 +19,7 @@ import numpy as np
 from fastcore.basics import patch
 
 from .corpus import InputError, corpus_fingerprint
-from .models import load_embedder, resolve_embedder
+from .models import import_faiss, load_embedder, resolve_embedder
 
 # %% auto #0
 __all__ = ['TEXT_FIELDS', 'FUSIONS', 'RETRIEVALS', 'DEFAULT_FUSION_WEIGHT', 'passage_text', 'passage_texts', 'check_queries',
@@ -201,7 +201,7 @@ def encode_queries(model, queries: list[str], prompt: str | None = None, batch_s
 # %% ../nbs/00c_retrieval.ipynb #r023
 def flat_index(embeddings: np.ndarray, use_gpu: bool = False):
     "An exact inner-product faiss index (`IndexFlatIP`) over `embeddings`, on the GPU when asked and possible."
-    import faiss
+    faiss = import_faiss()  # a clear message when neither faiss-cpu nor faiss-gpu is installed
     index = faiss.IndexFlatIP(embeddings.shape[1])
     if use_gpu:
         n_gpu = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0

@@ -1,4 +1,4 @@
-"""Step 5: the seed's search snippet as a saved, reloadable index — faiss for meaning, BM25 for exact words, fused.
+"""Step 5: the original recipe's search snippet as a saved, reloadable index — faiss for meaning, BM25 for exact words, fused.
 
 Docs: https://archivesrag.github.io/archivesrag/search.html.md"""
 
@@ -21,7 +21,7 @@ from fastcore.basics import patch
 from fastcore.script import store_true
 
 from .corpus import InputError, corpus_fingerprint, load_passages, sample_path
-from .models import is_offline
+from .models import import_faiss, is_offline
 from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, Rankings, Retriever, build_bm25,
                                    check_queries, encode_cached, model_fingerprint, model_identity, passage_texts)
 
@@ -82,7 +82,7 @@ class SearchIndex:
 @patch
 def _add_faiss(self: SearchIndex, use_gpu: bool | None = None, file: str | Path | None = None):
     "Attach the faiss index to the dataset's `embeddings` column: built from the factory string, or read from `file`."
-    import faiss
+    faiss = import_faiss()
     factory = self.manifest["index_factory"]
     if use_gpu is None: use_gpu = faiss.get_num_gpus() > 0
     if use_gpu and not _gpu_ok(factory):
@@ -99,7 +99,7 @@ def _add_faiss(self: SearchIndex, use_gpu: bool | None = None, file: str | Path 
 @patch
 def set_search_params(self: SearchIndex, nprobe: int | None = None, efSearch: int | None = None):
     "Accuracy/speed knobs of approximate indexes: IVF `nprobe` (clusters visited), HNSW `efSearch` (graph breadth)."
-    import faiss
+    faiss = import_faiss()
     factory = self.manifest["index_factory"]
     ps = faiss.ParameterSpace()
     if "IVF" in factory:
@@ -181,7 +181,7 @@ def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str
 # %% ../nbs/05_search.ipynb #c016u
 @patch
 def search_examples(self: SearchIndex, query: str, k: int = 3, retrieval: str = "dense"):
-    "The seed's return shape: `(scores, retrieved_examples)`, the examples as a dict of columns."
+    "The original recipe's return shape: `(scores, retrieved_examples)`, the examples as a dict of columns."
     if retrieval == "dense":
         qv = self.encode([query])[0]
         scores, ex = self.dataset.get_nearest_examples("embeddings", qv, k=min(k, len(self)))
@@ -297,7 +297,7 @@ def load(cls: SearchIndex, folder: str | Path, model_name_or_path: str | None = 
 def compare_index_types(embeddings: np.ndarray, queries: np.ndarray, factories=("Flat", "IVF16,Flat", "HNSW32"),
                         k: int = 10, nprobe: int = 4, efSearch: int = 64) -> list[dict]:
     "Build each faiss index type on `embeddings`; report build seconds, ms/query and recall@k against Flat."
-    import faiss
+    faiss = import_faiss()
     embeddings, queries = np.ascontiguousarray(embeddings, dtype=np.float32), np.ascontiguousarray(queries, dtype=np.float32)
     rows, exact = [], None
     for factory in factories:
@@ -330,7 +330,7 @@ def plot_score_distributions(index: SearchIndex, queries: list[str], k: int = 5,
     if off_topic:
         off = [r[0]["dense_score"] for r in index.search(off_topic, k=1, retrieval="dense")]
         ax.scatter([1] * len(off), off, color="crimson", marker="x", zorder=3, label="top-1 of off-topic questions")
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # outside: the marks stay visible
     ax.set(xlabel="rank", ylabel="cosine score", title="Top-k score distribution")
     return ax
 
@@ -368,7 +368,7 @@ def default_index(corpus_file: str | Path | None = None, model_name_or_path: str
     return _build_and_save(corpus, model, index_factory, index_dir, verbose)
 
 def search(query: str, k: int = 3, index: SearchIndex | None = None, retrieval: str | None = None):
-    "The seed's `search`: `(scores, retrieved_examples)` for `query` from `index` (default: the sample archive's)."
+    "The original recipe's `search`: `(scores, retrieved_examples)` for `query` from `index` (default: the sample archive's)."
     index = index or default_index(verbose=False)
     return index.search_examples(query, k=k, retrieval=retrieval or DEFAULT_RETRIEVAL)
 
