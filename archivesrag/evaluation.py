@@ -354,17 +354,16 @@ def tuning_half(qids, doc_of: dict | None = None, seed: int = 42, fraction: floa
 
 # %% ../nbs/04_evaluation.ipynb #c059
 def paired_bootstrap(per_query: dict, a: str, b: str, n: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
-    "Mean per-query difference `a − b` (e.g. nDCG@10 of `evaluate_runs`' `per_query`) with a paired bootstrap interval."
+    "Mean per-query difference `a − b` (e.g. nDCG@10 of `evaluate_runs`' `per_query`) with a paired bootstrap interval (scipy)."
+    from scipy.stats import bootstrap
     d = np.array([v[a] - v[b] for v in per_query.values() if a in v and b in v], dtype=np.float64)
     if len(d) < 2: raise InputError(f"need at least 2 queries scored by both '{a}' and '{b}', got {len(d)}")
-    rng, means = np.random.default_rng(seed), []
-    for size in [1000] * (n // 1000) + [n % 1000]:  # resample in chunks: memory stays small for large query sets
-        if size: means.append(d[rng.integers(0, len(d), (size, len(d)))].mean(axis=1))
-    means = np.concatenate(means)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"a": a, "b": b, "n_queries": len(d), "diff": round(float(d.mean()), 4), "low": round(float(low), 4),
-            "high": round(float(high), 4), "level": level, "share_not_better": round(float((means <= 0).mean()), 4)}
-
+    # the percentile interval: BCa, scipy's default, fails when every difference is the same (e.g. all 0)
+    res = bootstrap((d,), np.mean, n_resamples=n, confidence_level=level, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return {"a": a, "b": b, "n_queries": len(d), "diff": round(float(d.mean()), 4),
+            "low": round(float(res.confidence_interval.low), 4), "high": round(float(res.confidence_interval.high), 4),
+            "level": level, "share_not_better": round(float((res.bootstrap_distribution <= 0).mean()), 4)}
 
 # %% ../nbs/04_evaluation.ipynb #c053
 @dataclass

@@ -74,9 +74,9 @@ __all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'RUN_FILES', 'DEMO_STEPS', 'METRIC_COLU
            'main', 'RunState', 'reset_peak_rss', 'peak_rss_mb', 'run_step', 'run_steps', 'run_in_fresh_process',
            'demo_settings', 'DemoConfig', 'demo_config', 'RunFolder', 'open_run_folder', 'clear_run', 'step_corpus',
            'prefill_sample_queries', 'step_queries', 'step_split', 'step_mine', 'step_train', 'step_evaluate',
-           'step_index', 'step_answers', 'run_demo', 'paired_bootstrap', 'metrics_reading', 'metric_rows',
-           'metrics_section', 'plots_section', 'steps_section', 'answers_section', 'report_markdown', 'write_report',
-           'demo_cli', 'print_summary']
+           'step_index', 'step_answers', 'run_demo', 'metrics_reading', 'metric_rows', 'metrics_section',
+           'plots_section', 'steps_section', 'answers_section', 'report_markdown', 'write_report', 'demo_cli',
+           'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
@@ -380,18 +380,6 @@ def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 
     cfg.say(f"\nreport: {write_report(run.dir)}")
     return data
 
-# %% ../nbs/07_pipeline.ipynb #c012b
-def paired_bootstrap(per_query: dict, system: str, baseline: str, n_resamples: int = 10_000, seed: int = 0) -> dict | None:
-    "Mean per-query difference `system - baseline` with a 95% paired bootstrap interval (scipy); None without 2 queries."
-    import numpy as np
-    from scipy.stats import bootstrap
-    d = np.array([v[system] - v[baseline] for v in per_query.values() if system in v and baseline in v])
-    if len(d) < 2: return None
-    # percentile interval: BCa, scipy's default, fails when every difference is equal (e.g. all 0)
-    ci = bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile",
-                   random_state=np.random.default_rng(seed)).confidence_interval
-    return {"n": len(d), "mean": round(float(d.mean()), 4), "low": round(float(ci.low), 4), "high": round(float(ci.high), 4)}
-
 # %% ../nbs/07_pipeline.ipynb #c012e
 METRIC_COLUMNS = {"ndcg@10": "nDCG@10", "recall@1": "R@1", "recall@10": "R@10", "recall@100": "R@100",
                   "mrr@10": "MRR@10", "map@100": "MAP@100"}
@@ -405,6 +393,11 @@ def _difference(what: str, d: float, ci: dict | None) -> str:
     verdict = "no difference shown" if ci["low"] <= 0 <= ci["high"] else "the interval excludes 0"
     return f"{what}: {d:+.3f} (95% paired bootstrap interval {ci['low']:+.3f} to {ci['high']:+.3f}: {verdict})."
 
+def _interval(per_query: dict, a: str, b: str) -> dict | None:
+    from archivesrag.evaluation import paired_bootstrap
+    shared = sum(1 for v in per_query.values() if a in v and b in v)
+    return paired_bootstrap(per_query, a, b) if shared >= 2 else None  # no interval from fewer than 2 queries
+
 def metrics_reading(metrics: dict, metric: str = "ndcg@10", pairs=PAIRS) -> list[str]:
     "Sentences that read a metrics.json: the best system, each pair's difference with its interval, and what n allows."
     s, n = metrics["systems"], metrics.get("n_queries", "?")
@@ -413,7 +406,7 @@ def metrics_reading(metrics: dict, metric: str = "ndcg@10", pairs=PAIRS) -> list
     who = best if len(top) == 1 else f"a tie of {', '.join(top)}"
     lines, widths = [f"Best on {label}: {who} ({s[best][metric]:.3f}), over {n} held-out synthetic queries."], []
     for a, b in [(a, b) for a, b in pairs if a in s and b in s]:
-        ci = paired_bootstrap(metrics.get("per_query", {}), a, b) if metric == "ndcg@10" else None  # per-query: nDCG@10
+        ci = _interval(metrics.get("per_query", {}), a, b) if metric == "ndcg@10" else None  # per-query: nDCG@10
         if ci: widths.append((ci["high"] - ci["low"]) / 2)
         lines.append(_difference(f"{a} − {b}, {label}", s[a][metric] - s[b][metric], ci))
     if widths:

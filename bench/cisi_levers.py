@@ -265,8 +265,33 @@ def report(lever: str, cisi: str):
     return out
 
 
+def served(lever: str, cisi: str) -> dict:
+    "The systems as `search`/`ask` serve them (`Retriever`, title + text, served fusion), weights tuned on validation, scored on test."
+    from archivesrag.evaluation import evaluate_systems
+    from archivesrag.models import resolve_embedder
+    corpus, queries, qrels, split = load(cisi)
+    res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": resolve_embedder("minilm"),
+                           "fine-tuned": str(OUT / "levers" / lever / "model")}, tune_qids=split["validation"])
+    pq = res["per_query"]
+    pairs = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "base+BM25"), ("fine-tuned+BM25", "BM25")]
+    out = {"lever": lever, "served_path": "archivesrag.evaluation.evaluate_systems (Retriever, title+text, wsum fusion at depth 100)",
+           "tuned_on": "validation", "reported_on": "test", "n_queries": res["n_queries"], "fusion_weight": res["fusion_weight"],
+           "systems": {k: v for k, v in res["systems"].items() if not k.endswith("RRF")},
+           "differences_ndcg@10": {f"{a} − {b}": bootstrap_diff({q: v[a] for q, v in pq.items()}, {q: v[b] for q, v in pq.items()})
+                                   for a, b in pairs}}
+    print(f"\nCISI test half, served path ({out['n_queries']} queries; fusion weights tuned on validation: {out['fusion_weight']})")
+    print(f"{'system':<18}{'nDCG@10':>9}{'R@100':>9}")
+    for k, m in out["systems"].items(): print(f"{k:<18}{m['ndcg@10']:>9.3f}{m['recall@100']:>9.3f}")
+    for k, d in out["differences_ndcg@10"].items():
+        print(f"  {k:<28}{d['diff']:>+8.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]  p = {d['p_t_test']}")
+    return out
+
+
 if __name__ == "__main__":
     import sys
     if len(sys.argv) > 2 and sys.argv[1] == "--report":  # python bench/cisi_levers.py --report LEVER_NAME
-        report(sys.argv[2], str(REPO.parent / "shared" / "datasets" / "cisi"))
+        cisi = str(REPO.parent / "shared" / "datasets" / "cisi")
+        out = report(sys.argv[2], cisi)
+        out["served_test"] = served(sys.argv[2], cisi)
+        (REPO / "bench" / "cisi_levers.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     else: main()

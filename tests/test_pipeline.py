@@ -9,7 +9,8 @@ import pytest
 from helpers import run_cli
 
 from archivesrag.corpus import InputError
-from archivesrag.pipeline import (RunFolder, RunState, demo_config, paired_bootstrap, reset_peak_rss, run_steps,
+from archivesrag.evaluation import paired_bootstrap
+from archivesrag.pipeline import (RunFolder, RunState, demo_config, reset_peak_rss, run_steps,
                                   step_corpus, write_report)
 
 ARCHIVESRAG = str(Path(sys.executable).parent / "archivesrag")
@@ -119,9 +120,9 @@ def test_report_reads_its_table_and_writes_no_empty_heading(tmp_path):
 def test_paired_bootstrap_interval_shows_a_real_gain_and_not_a_tie():
     pq = {f"q{i}": {"a": 0.5 + (0.2 if i % 2 else 0.1), "b": 0.5, "c": 0.5 + (0.05 if i % 2 else -0.05)} for i in range(31)}
     gain, tie = paired_bootstrap(pq, "a", "b"), paired_bootstrap(pq, "c", "b")
-    assert gain["n"] == 31 and 0 < gain["low"] < gain["mean"] < gain["high"]
+    assert gain["n_queries"] == 31 and 0 < gain["low"] < gain["diff"] < gain["high"]
     assert tie["low"] < 0 < tie["high"]
-    assert paired_bootstrap({"q": {"a": 1, "b": 0}}, "a", "b") is None
+    with pytest.raises(InputError, match="at least 2 queries"): paired_bootstrap({"q": {"a": 1, "b": 0}}, "a", "b")
 
 
 # --- edges: one line naming the problem, exit 2, nothing loaded -------------------------------------------------
