@@ -21,7 +21,7 @@ from typing import Annotated
 import numpy as np
 from fastcore.script import store_true
 
-from .corpus import InputError, load_passages, read_jsonl
+from .corpus import InputError, load_passages, read_jsonl, write_atomic
 from .negatives import load_split, save_split, select_queries, split_by_document
 from .retrieval import (BM25, TEXT_FIELDS, Rankings, Retriever, bm25_search, build_bm25, model_identity,
                                    passage_texts)
@@ -432,10 +432,7 @@ def archive_set(corpus_file=None, queries_file=None, split_file=None, out: Path 
     return EvalSet(corpus, queries, qrels, tune_qids, "sample archive" if corpus_file is None else Path(corpus_file).stem, info=info)
 
 # %% ../nbs/04_evaluation.ipynb #c053c
-def _write_json(path: Path, data: dict):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+def _write_json(path: Path, data: dict): write_atomic(path, json.dumps(data, indent=1))
 
 def _write_card(model_dir: Path, results: dict, label: str) -> Path:
     from archivesrag.training import update_model_card_metrics

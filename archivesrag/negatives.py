@@ -18,7 +18,7 @@ import numpy as np
 from fastcore.script import store_true
 from tqdm.auto import tqdm
 
-from .corpus import InputError, load_passages, read_jsonl, write_jsonl
+from .corpus import InputError, load_passages, read_jsonl, write_atomic, write_jsonl
 from .models import resolve_embedder
 from .retrieval import dense_search, encode_cached, flat_index
 
@@ -120,12 +120,7 @@ def split_by_document(corpus, test_size: float = 0.2, seed: int = 42, val_size: 
 # %% ../nbs/02_negatives.ipynb #c023x
 def save_split(split: dict, path: str | Path) -> Path:
     "Write `split.json` (atomically)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(split, indent=1))
-    tmp_path.replace(path)
-    return path
+    return write_atomic(path, json.dumps(split, indent=1))
 
 def load_split(path: str | Path) -> dict:
     "Read `split.json`, checking that it has both parts and that no passage is on two sides."

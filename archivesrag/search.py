@@ -20,7 +20,7 @@ import numpy as np
 from fastcore.basics import patch
 from fastcore.script import store_true
 
-from .corpus import InputError, corpus_fingerprint, load_passages, sample_path
+from .corpus import InputError, corpus_fingerprint, load_passages, sample_path, write_atomic
 from .models import import_faiss, is_offline
 from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, Rankings, Retriever, build_bm25,
                                    check_queries, encode_cached, model_fingerprint, model_identity, passage_texts)
@@ -192,10 +192,7 @@ def search_examples(self: SearchIndex, query: str, k: int = 3, retrieval: str = 
     return [r["score"] for r in res], {c: [r.get(c) for r in res] for c in cols}
 
 # %% ../nbs/05_search.ipynb #c016w
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _atomic_write(path: Path, text: str): write_atomic(path, text)  # corpus.write_atomic: the one atomic writer
 
 @patch
 def save(self: SearchIndex, folder: str | Path) -> Path:
