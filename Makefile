@@ -84,7 +84,7 @@ bench:
 COLAB_CHECK ?= /tmp/archivesrag-colab-check
 colab-check: colab-cells
 	rm -rf $(COLAB_CHECK) && mkdir -p $(COLAB_CHECK)/course
-	$(PYTHON) -m pip wheel -q --no-deps -w $(COLAB_CHECK)/dist .
+	$(BIN)/python -m pip wheel -q --no-deps -w $(COLAB_CHECK)/dist .
 	$(PYTHON) -m venv $(COLAB_CHECK)/venv
 	$(COLAB_CHECK)/venv/bin/python -m pip install -q -U pip
 	$(call install_torch,$(COLAB_CHECK)/venv/bin/python)

@@ -75,24 +75,23 @@ def stage_train(out: Path, a):
             "train_samples_per_s": round(n * a.num_train_epochs / dt, 2)}
 
 
+PAIRS = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "base+BM25"), ("fine-tuned+BM25", "BM25")]
+
+
 def stage_evaluate(out: Path, a):
-    "Single systems on all 76 judged queries (nothing to tune); fusions on half of them (the other half tunes the weight)."
-    from archivesrag.evaluation import evaluate, evaluate_systems, load_glasgow, wins_losses
+    "Every system on CISI's test half, as `search` serves it; fusion weights tuned on the validation half only."
+    from archivesrag.evaluation import evaluate_systems, load_glasgow, paired_bootstrap, wins_losses
     from archivesrag.models import resolve_embedder
-    from archivesrag.pipeline import paired_bootstrap
+    split = json.loads((Path(__file__).parent / "cisi_query_split.json").read_text())  # the committed halves
     corpus, queries, qrels = load_glasgow(a.cisi)
-    single = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": resolve_embedder("minilm"),
-                              "fine-tuned": str(out / "model")}, hybrid=False, cache_dir=out / "cache")
-    fused = evaluate(model_name_or_path=out / "model", collection=f"cisi:{a.cisi}", output_dir=out / "eval",
-                     cache_dir=out / "cache", verbose=False)
-    pq = single["per_query"]
-    return {"systems": single["systems"], "n_queries": single["n_queries"],
+    res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": resolve_embedder("minilm"),
+                           "fine-tuned": str(out / "model")}, tune_qids=split["validation"], cache_dir=out / "cache")
+    pq = res["per_query"]
+    return {"split": "bench/cisi_query_split.json", "systems": res["systems"], "n_queries": res["n_queries"],
+            "n_tune_queries": res["n_tune_queries"], "fusion_weight": res["fusion_weight"],
             "p_values": {b: paired_p(pq, "fine-tuned", b) for b in ("base", "BM25")},
-            "intervals": {b: paired_bootstrap(pq, "fine-tuned", b) for b in ("base", "BM25")},
-            "wins_vs_base": wins_losses(single["per_query"], "fine-tuned", "base"),
-            "wins_vs_bm25": wins_losses(single["per_query"], "fine-tuned", "BM25"),
-            "hybrid": {"systems": fused["systems"], "n_queries": fused["n_queries"],
-                       "n_tune_queries": fused.get("n_tune_queries"), "fusion": fused.get("fusion", {})}}
+            "intervals": {f"{x} - {y}": paired_bootstrap(pq, x, y) for x, y in PAIRS},
+            "wins_vs_base": wins_losses(pq, "fine-tuned", "base"), "wins_vs_bm25": wins_losses(pq, "fine-tuned", "BM25")}
 
 
 def paired_p(per_query: dict, system: str, baseline: str) -> dict:
@@ -214,7 +213,8 @@ def comparison(systems: dict, title: str):
 def report(results):
     if "evaluate" in results:
         r = results["evaluate"]["result"]
-        comparison(r["systems"], f"CISI, all {r['n_queries']} human-judged queries (none used in training)")
+        comparison(r["systems"], f"CISI test half, {r['n_queries']} human-judged queries (fusion weights tuned on the "
+                                 f"{r.get('n_tune_queries')} validation queries; none used in training)")
         if "wins_vs_base" in r:
             w, b = r["wins_vs_base"], r["wins_vs_bm25"]
             print(f"fine-tuned vs base, per query: {w['wins']} wins, {w['losses']} losses, {w['ties']} ties; "
@@ -222,11 +222,8 @@ def report(results):
         for name, pv in r.get("p_values", {}).items():
             print(f"fine-tuned vs {name}, nDCG@10: p = {pv['t_test']} (paired t-test), {pv['wilcoxon']} (Wilcoxon)")
         for name, ci in r.get("intervals", {}).items():
-            if ci: print(f"fine-tuned - {name}, nDCG@10: {ci['mean']:+.3f}, 95% paired bootstrap interval "
-                         f"{ci['low']:+.3f} to {ci['high']:+.3f} ({ci['n']} queries)")
-        h = r.get("hybrid")
-        if h: comparison(h["systems"], f"Fusions, on the {h['n_queries']} judged queries left after "
-                                       f"{h['n_tune_queries']} tuned the fusion weight")
+            print(f"{name}, nDCG@10: {ci['diff']:+.3f}, 95% paired bootstrap interval "
+                  f"{ci['low']:+.3f} to {ci['high']:+.3f} ({ci['n_queries']} queries)")
     print(f"\n{'stage':<10}{'seconds':>9}{'peak MB':>9}  figures")
     for name, r in results.items():
         if not isinstance(r, dict) or "seconds" not in r: continue
