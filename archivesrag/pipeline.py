@@ -70,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\narchivesrag {name}: interrupted; run the same command again to resume", file=sys.stderr); return 130
 
 # %% auto #0
-__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'RUN_FILES', 'DEMO_STEPS', 'METRIC_COLUMNS', 'PAIRS', 'recipe_spelling', 'parse_flags',
-           'main', 'RunState', 'reset_peak_rss', 'peak_rss_mb', 'run_step', 'run_steps', 'run_in_fresh_process',
-           'demo_settings', 'DemoConfig', 'demo_config', 'RunFolder', 'open_run_folder', 'clear_run', 'step_corpus',
-           'prefill_sample_queries', 'step_queries', 'step_split', 'step_mine', 'step_train', 'step_evaluate',
-           'step_index', 'step_answers', 'run_demo', 'metrics_reading', 'metric_rows', 'metrics_section',
-           'plots_section', 'steps_section', 'answers_section', 'report_markdown', 'write_report', 'demo_cli',
-           'print_summary']
+__all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'RUN_ONLY', 'RUN_FILES', 'DEMO_STEPS', 'METRIC_COLUMNS', 'PAIRS', 'recipe_spelling',
+           'parse_flags', 'main', 'RunState', 'reset_peak_rss', 'peak_rss_mb', 'run_step', 'run_steps',
+           'run_in_fresh_process', 'demo_settings', 'DemoConfig', 'demo_config', 'RunFolder', 'open_run_folder',
+           'clear_run', 'step_corpus', 'prefill_sample_queries', 'step_queries', 'step_split', 'step_mine',
+           'step_train', 'step_evaluate', 'step_index', 'step_answers', 'run_demo', 'metrics_reading', 'metric_rows',
+           'metrics_section', 'plots_section', 'steps_section', 'answers_section', 'report_markdown', 'write_report',
+           'demo_cli', 'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
@@ -160,11 +160,24 @@ def run_step(fn: Callable, run, cfg=None) -> dict:
     result = fn(run, cfg) or {}
     return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb()), "result": result}
 
+RUN_ONLY = {"verbose", "questions"}
+"Settings that change how a run talks or what it asks at the end, not what its finished steps made."
+
+def _changed_settings(state: RunState, name: str, cfg) -> list[str]:
+    "The settings that differ between step `name` as recorded and `cfg` now (JSON-compared, as state.json keeps them)."
+    old, new = state.steps[name].get("config"), json.loads(json.dumps(_as_record(cfg), default=str))
+    if not isinstance(old, dict) or not isinstance(new, dict): return []
+    return sorted(k for k in old.keys() | new.keys() if k not in RUN_ONLY and old.get(k) != new.get(k))
+
 def run_steps(run, steps: dict[str, Callable], cfg=None, state: RunState | None = None, redo=(),
-              fresh_process: bool = False, say: Callable = print) -> dict:
+              fresh_process: bool = False, say: Callable = print, same_settings: bool = False) -> dict:
     "Run `steps` (`{name: fn(run, cfg)}`) in order; skip those `state` records as finished (unless in `redo`)."
     state = state or RunState(run)
     for name, fn in steps.items():
+        changed = _changed_settings(state, name, cfg) if same_settings and state.done(name) and name not in redo else []
+        if changed:  # skipping would report the old run as if it were this one
+            raise InputError(f"{state.path}: step '{name}' ran with other settings ({', '.join(changed)}); pass "
+                             "--restart to run again with these, or another --run_dir")
         if state.done(name) and name not in redo:
             say(f"[{name}] done earlier: skipped"); continue
         say(f"\n[{name}]")
@@ -376,7 +389,7 @@ def run_demo(run_dir: str | Path = "runs/demo", full: bool = False, seed: int = 
     cfg = demo_config(full, num_train_epochs=num_train_epochs, max_docs=max_docs, test_size=test_size, seed=seed,
                       questions=questions, base_url=base_url, fresh_queries=fresh_queries, verbose=verbose)
     run = open_run_folder(run_dir)
-    data = run_steps(run, DEMO_STEPS, cfg, RunState(run.dir), say=cfg.say)
+    data = run_steps(run, DEMO_STEPS, cfg, RunState(run.dir), say=cfg.say, same_settings=True)
     cfg.say(f"\nreport: {write_report(run.dir)}")
     return data
 

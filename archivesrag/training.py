@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,10 +24,10 @@ from .corpus import InputError, read_jsonl, write_jsonl
 from .models import hub_name, is_offline, resolve_embedder
 
 # %% auto #0
-__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'ds_config_path', 'base_pooling',
+__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'SECRET_FLAG', 'ds_config_path', 'base_pooling',
            'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
            'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
-           'TrainArgs', 'torchrun_command', 'train', 'train_parser', 'train_cli']
+           'TrainArgs', 'torchrun_command', 'mask_secrets', 'train', 'train_parser', 'train_cli']
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
@@ -136,7 +137,7 @@ def write_sentence_transformers_files(output_dir, base_model: str | None = None,
                               "transformers": transformers.__version__, "pytorch": torch.__version__},
               "prompts": {"query": query_prompt or "", "document": ""}, "default_prompt_name": None,
               "similarity_fn_name": "cosine" if normalize else "dot",
-              "archivesrag": {"base_model": base_model, "pooling": pooling, "normalize": normalize}}
+              "archivesrag": {"base_model": hub_name(base_model) if base_model else None, "pooling": pooling, "normalize": normalize}}
     files = {out / "modules.json": modules, out / "1_Pooling" / "config.json": pool_cfg,
              out / "sentence_bert_config.json": {"max_seq_length": int(max_seq_length), "do_lower_case": False},
              out / "config_sentence_transformers.json": st_cfg}
@@ -455,6 +456,19 @@ def _fe_argv(a: TrainArgs, base: str, pooling: str, data: Path, resume, extra_op
     return _argv_from({k: v for k, v in options.items() if k not in overridden}) + list(extra_args)
 
 # %% ../nbs/03_training.ipynb #c033b
+SECRET_FLAG = re.compile(r"token|key|secret|passw", re.I)
+"Flags whose values must never be printed or written into a model card (`--hub_token`, `--api_key`, …)."
+
+def mask_secrets(argv: list[str]) -> list[str]:
+    "`argv` with the value of every secret-named flag shown as `***`: the command is printed and kept in the card."
+    out, hide = [], False
+    for t in map(str, argv):
+        flag, eq, _ = t.partition("=")
+        secret = t.startswith("--") and bool(SECRET_FLAG.search(flag))
+        out.append("***" if hide and not t.startswith("--") else f"{flag}=***" if secret and eq else t)
+        hide = secret and not eq
+    return out
+
 def _launch(fe_argv: list[str], shown: list[str], world: int, steps, dry_run: bool) -> dict | None:
     "Run FlagEmbedding: torchrun for several GPUs, in this process for one. The Trainer's metrics; None on a dry run."
     if world > 1 and int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -505,14 +519,15 @@ def train(train_data, output_dir, model_name_or_path: str | None = None, extra_a
             if not a.dry_run: raise InputError(msg)
             print(f"warning: {msg}")
         fe_argv = _fe_argv(a, base, pooling, clean, resume, extra_options, extra_args)
-        shown = [" ".join(a.train_data) if t == str(clean) else t for t in fe_argv]
+        shown = mask_secrets([" ".join(a.train_data) if t == str(clean) else t for t in fe_argv])
         metrics = _launch(fe_argv, shown, world, steps, a.dry_run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(a.output_dir)
     card_args = {k: v for k, v in asdict(a).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
     card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume)
-    card_args.update(extra_options, extra_args=" ".join(extra_args) or None)
+    card_args.update({k: "***" if SECRET_FLAG.search(k) else v for k, v in extra_options.items()},
+                     extra_args=" ".join(mask_secrets(extra_args)) or None)
     _finish(a, base, pooling, report, card_args, metrics)
     return Path(a.output_dir)
 

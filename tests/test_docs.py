@@ -33,3 +33,14 @@ def test_spine_is_complete():
     for stem in ["index", "00_corpus", "01_queries", "02_negatives", "03_training", "04_evaluation", "05_search",
                  "06_rag", "07_pipeline"]:
         assert stem in names, f"missing notebook {stem}.ipynb"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_saved_outputs_hold_no_machine_paths_or_progress_bars(nb):
+    "What the docs site shows: `make outputs` cleans them (tools/clean_outputs.py); a stray one fails here."
+    import re
+    for cell in json.loads(nb.read_text())["cells"]:
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", "")) + json.dumps(out.get("data", {}).get("text/plain", ""))
+            assert not re.search(r"/(work|root|home)/|\.venv/|site-packages/", text), f"{nb.name} {cell.get('id')}: a machine path"
+            assert not re.search(r"\d+%\||it/s\]", text), f"{nb.name} {cell.get('id')}: a progress bar"

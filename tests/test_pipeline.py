@@ -78,6 +78,16 @@ def test_run_steps_skips_finished_steps_keeps_them_after_a_crash_and_redoes_on_r
     assert calls[-1] == "count" and RunState(tmp_path).steps["count"]["result"] == {"n": 4}
 
 
+def test_run_steps_refuses_a_rerun_with_other_settings(tmp_path):
+    "A finished run rerun with other settings must not report the old results as the new ones."
+    step = lambda run, cfg: {"n": cfg["n"]}
+    quiet = lambda *a: None
+    run_steps(tmp_path, {"count": step}, {"n": 3, "verbose": True}, say=quiet, same_settings=True)
+    run_steps(tmp_path, {"count": step}, {"n": 3, "verbose": False}, say=quiet, same_settings=True)  # how it talks: fine
+    with pytest.raises(InputError, match=r"step 'count' ran with other settings \(n\); pass --restart"):
+        run_steps(tmp_path, {"count": step}, {"n": 4, "verbose": True}, say=quiet, same_settings=True)
+
+
 def test_run_steps_in_a_fresh_process_runs_a_real_step(tmp_path):
     run = RunFolder(tmp_path)
     out = run_steps(run, {"corpus": step_corpus}, demo_config(max_docs=3, verbose=False), fresh_process=True,

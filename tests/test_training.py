@@ -286,3 +286,12 @@ def test_python_api_takes_trainargs_and_passthrough(mined, tmp_path, capsys):
     assert "--warmup_ratio 0.1" in line and "--seed 7" in line and "--per_device_train_batch_size 4" in line
     assert "--dry_run" not in line and "--nproc_per_node" not in line and "--use_inbatch_neg" not in line
     assert not (tmp_path / "m").exists()
+
+
+def test_secrets_never_reach_the_printed_command(mined, tmp_path, capsys):
+    "A pass-through token (`--hub_token`) is shown as *** in the command train prints (and keeps in the model card)."
+    T.train(mined, tmp_path / "m", model_name_or_path="minilm", per_device_train_batch_size=4, hub_token="hf_SECRET123",
+            dry_run=True)
+    out = capsys.readouterr().out
+    assert "hf_SECRET123" not in out and "--hub_token '***'" in out
+    assert T.mask_secrets(["--api_key=sk-1", "--seed", "7"]) == ["--api_key=***", "--seed", "7"]
