@@ -57,7 +57,8 @@ export:
 
 # Re-run the notebooks at full size (not the IN_TEST size) and keep their outputs and plots for the docs, without
 # progress bars, library warnings or this machine's paths (tools/clean_outputs.py).
-outputs:
+outputs:  # from scratch: the saved outputs show first runs, not resumed ones
+	rm -rf nbs/runs/sample nbs/runs/demo
 	cd nbs && ARCHIVESRAG_FULL_RUN=1 TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 \
 	  ../$(BIN)/nbdev-test --n-workers 1 --save --timing
 	$(BIN)/python tools/clean_outputs.py nbs/*.ipynb

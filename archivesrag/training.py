@@ -27,7 +27,7 @@ from .models import hub_name, is_offline, resolve_embedder
 __all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'SECRET_FLAG', 'ds_config_path', 'base_pooling',
            'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
            'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
-           'TrainArgs', 'torchrun_command', 'mask_secrets', 'train', 'train_parser', 'train_cli']
+           'TrainArgs', 'torchrun_command', 'mask_secrets', 'served_length', 'train', 'train_parser', 'train_cli']
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
@@ -479,12 +479,23 @@ def _launch(fe_argv: list[str], shown: list[str], world: int, steps, dry_run: bo
     print(f"{steps} steps; FlagEmbedding command: python -m {FE_MODULE} {shlex.join(shown)}")
     return None if dry_run else _run_in_process(fe_argv)
 
+def served_length(base: str, passage_max_len: int, output_dir=None) -> int:
+    "Tokens the trained model reads when it serves: the base model's own maximum, never less than training read."
+    base_len = (_model_json(base, "sentence_bert_config.json") or {}).get("max_seq_length")
+    if base_len is None and output_dir is not None:  # a bare transformer: its tokenizer's limit, as sentence-transformers
+        cfg = lambda name: json.loads(p.read_text()) if (p := Path(output_dir) / name).exists() else {}
+        limits = [cfg("tokenizer_config.json").get("model_max_length"), cfg("config.json").get("max_position_embeddings")]
+        base_len = min((x for x in limits if x), default=None)
+    return max(passage_max_len, base_len or 0)
+
 def _finish(a: TrainArgs, base: str, pooling: str, report: dict, card_args: dict, metrics: dict) -> None:
     "Make the output a sentence-transformers folder with a model card, and print what training did."
     out = Path(a.output_dir)
-    write_sentence_transformers_files(out, base, pooling, a.normalize_embeddings, a.passage_max_len,
+    # training may cut passages short to save time; serving reads as much as the base model did
+    length = served_length(base, a.passage_max_len, out)
+    write_sentence_transformers_files(out, base, pooling, a.normalize_embeddings, length,
                                       a.query_instruction_for_retrieval)
-    write_model_card(out, base, a.train_data, report, card_args, pooling, a.normalize_embeddings, a.passage_max_len,
+    write_model_card(out, base, a.train_data, report, card_args, pooling, a.normalize_embeddings, length,
                      a.query_instruction_for_retrieval)
     s = loss_summary(load_log_history(out))
     if s.get("logged"):

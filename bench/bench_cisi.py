@@ -1,18 +1,24 @@
 """Benchmark the offline recipe on CISI, a human-judged test collection, and time every stage.
 
-    python bench/bench_cisi.py [--cisi ../shared/datasets/cisi] [--out bench/results/cisi] [--num_train_epochs 1]
+    python bench/bench_cisi.py [--cisi ../shared/datasets/cisi] [--out bench/results/cisi] [--doc_pairs 1]
 
-The pipeline sees only CISI's 1,460 documents: the local LLM writes one query per document, MiniLM mines hard
-negatives, MiniLM is fine-tuned on them. Then BM25, the base and the fine-tuned model (and their fusions) are
-scored on CISI's 76 human-judged queries, which no step has seen. The stages go through the demo's runner
-(`archivesrag.pipeline.run_steps`), each in a fresh process so its peak memory is its own; `<out>/bench.json`
-records each stage's seconds, peak memory, figures and flags. A rerun skips finished stages, and query generation
-resumes where it stopped (delete --out to start over); `--stages mine,train,evaluate` reruns just those, e.g. with
-other training flags. Prints tables.
+The pipeline sees only CISI's 1,460 documents: the local LLM writes one query per document; a tenth of the
+documents is held out by document (their synthetic queries choose the served fusion weight, as on a user's
+archive, which has no judgements); MiniLM mines hard negatives for the rest and is fine-tuned on them. Then BM25,
+the base and the fine-tuned model, and their fusions, are scored as `search` serves them on CISI's judged queries,
+split once into a validation half and a test half (`bench/cisi_query_split.json`): every choice is made on
+validation, the test half is only reported.
 
-Queries come from the documents only and no human judgement is used in training. The defaults below were picked
-from six pilot runs on the first 300 documents, scored on these same 76 queries: read differences of a point or
-two of nDCG@10 as noise, not as a result.
+The stages go through the demo's runner (`archivesrag.pipeline.run_steps`), each in a fresh process so its peak
+memory is its own; `<out>/state.json` records each stage's seconds, peak memory, figures and flags, and
+`<out>/bench.json` (committed) the summary: recipe, both halves, differences with intervals, fusion weights, costs.
+A rerun skips finished stages, and query generation resumes where it stopped (delete --out to start over);
+`--stages split,mine,train,evaluate` reruns just those, e.g. with other training flags. It prints the validation
+ablation of `bench/cisi_levers.py` and the tables.
+
+Queries come from the documents only and no human judgement is used in training. Mining's `--range_for_sampling`,
+`--round_trip_k` and the temperature were picked in pilot runs before the split existed, on all 76 queries; every
+lever since is chosen on the validation half.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import site
 import sys
 import time
 from pathlib import Path
@@ -52,12 +59,36 @@ def stage_queries(out: Path, a):
             "passages_per_s": round(summary.get("attempted", new) / dt, 3) if new else None}
 
 
+def stage_split(out: Path, a):
+    "Hold out a seeded tenth of the documents, by document: their synthetic queries choose the served fusion weight."
+    from archivesrag.corpus import read_jsonl, write_jsonl
+    from archivesrag.negatives import save_split, select_queries, split_by_document
+    split = split_by_document(read_jsonl(out / "corpus.jsonl"), test_size=a.held_out, seed=a.seed)
+    save_split(split, out / "split.json")
+    train_q = select_queries(read_jsonl(out / "queries.jsonl"), split["train_ids"])
+    n_llm = len(train_q)
+    if a.doc_pairs: train_q += document_queries(a.cisi, split["train_ids"], a.seed)
+    write_jsonl(train_q, out / "train_queries.jsonl")
+    return {"train_documents": len(split["train_ids"]), "held_out_documents": len(split["test_ids"]),
+            "train_queries": len(train_q), "llm_queries": n_llm, "document_pairs": len(train_q) - n_llm}
+
+
+def document_queries(cisi: str, ids, seed: int) -> list[dict]:
+    "Free pairs from the documents (`cisi_levers.make_pairs`): each title, and one sentence of each abstract (cloze)."
+    from archivesrag.evaluation import load_glasgow
+    from cisi_levers import make_pairs
+    corpus = load_glasgow(cisi)[0]
+    keep, doc_ids = set(ids), list(corpus["id"])
+    return [{"id": doc_ids[row], "query": q, "positive": [pos], "source": "document"}
+            for q, row, pos in make_pairs("both", corpus, seed) if doc_ids[row] in keep]
+
+
 def stage_mine(out: Path, a):
     from archivesrag.negatives import mine_hard_negatives
-    return mine_hard_negatives(out / "queries.jsonl", out / "minedHN.jsonl", model_name_or_path="minilm",
+    return mine_hard_negatives(out / "train_queries.jsonl", out / "minedHN.jsonl", model_name_or_path="minilm",
                                range_for_sampling=a.range_for_sampling, negative_number=15,
                                candidate_pool=out / "corpus.jsonl", round_trip_k=a.round_trip_k or None, seed=a.seed,
-                               cache_dir=out / "cache")
+                               cache_dir=out / "cache", split_file=out / "split.json")
 
 
 def stage_train(out: Path, a):
@@ -79,19 +110,37 @@ PAIRS = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "ba
 
 
 def stage_evaluate(out: Path, a):
-    "Every system on CISI's test half, as `search` serves it; fusion weights tuned on the validation half only."
-    from archivesrag.evaluation import evaluate_systems, load_glasgow, paired_bootstrap, wins_losses
+    """Every system on CISI's two halves, as `search` serves it. The fusion weight is chosen twice: on the validation
+    half's human judgements, and — as a user's archive must, having none — on the held-out documents' synthetic queries."""
+    from archivesrag.corpus import read_jsonl
+    from archivesrag.evaluation import (evaluate_runs, load_glasgow, paired_bootstrap, queries_from_records,
+                                        system_runs, wins_losses)
     from archivesrag.models import resolve_embedder
-    split = json.loads((Path(__file__).parent / "cisi_query_split.json").read_text())  # the committed halves
+    from archivesrag.negatives import load_split, select_queries
+    halves = json.loads((Path(__file__).parent / "cisi_query_split.json").read_text())  # the committed halves
     corpus, queries, qrels = load_glasgow(a.cisi)
-    res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": resolve_embedder("minilm"),
-                           "fine-tuned": str(out / "model")}, tune_qids=split["validation"], cache_dir=out / "cache")
-    pq = res["per_query"]
-    return {"split": "bench/cisi_query_split.json", "systems": res["systems"], "n_queries": res["n_queries"],
-            "n_tune_queries": res["n_tune_queries"], "fusion_weight": res["fusion_weight"],
-            "p_values": {b: paired_p(pq, "fine-tuned", b) for b in ("base", "BM25")},
-            "intervals": {f"{x} - {y}": paired_bootstrap(pq, x, y) for x, y in PAIRS},
-            "wins_vs_base": wins_losses(pq, "fine-tuned", "base"), "wins_vs_bm25": wins_losses(pq, "fine-tuned", "BM25")}
+    held = load_split(out / "split.json")["test_ids"]
+    syn_q, syn_qrels, _ = queries_from_records(select_queries(read_jsonl(out / "queries.jsonl"), held), corpus)
+    syn_q, syn_qrels = {f"syn:{q}": t for q, t in syn_q.items()}, {f"syn:{q}": j for q, j in syn_qrels.items()}
+    human = {q: {d: 1 for d in j} for q, j in qrels.items()}
+    systems = {"BM25": "bm25", "base": resolve_embedder("minilm"), "fine-tuned": str(out / "model")}
+    res = {"split": "bench/cisi_query_split.json", "held_out_synthetic_queries": len(syn_q), "fusion_weight": {}}
+    for chooser, tune in (("human validation", {q: human[q] for q in halves["validation"]}), ("synthetic", syn_qrels)):
+        runs, fusion = system_runs(corpus, {**queries, **syn_q}, systems, tune_qrels=tune, cache_dir=out / "cache")
+        res["fusion_weight"][chooser] = {n: f["weights"] for n, f in fusion.items() if f["method"] == "wsum"}
+        if chooser == "synthetic":  # the served choice, scored on the human test half
+            test = evaluate_runs({q: human[q] for q in halves["test"]}, runs)["systems"]
+            res["test_at_synthetic_weight"] = {n: m for n, m in test.items() if n.endswith("+BM25")}
+            continue
+        scored = {half: evaluate_runs({q: human[q] for q in halves[half]}, runs) for half in ("validation", "test")}
+        for half, r in scored.items():
+            res[half] = {"n_queries": len(halves[half]),
+                         "systems": {n: m for n, m in r["systems"].items() if not n.endswith(" RRF")}}
+        pq = scored["test"]["per_query"]
+    res["test"].update(p_values={b: paired_p(pq, "fine-tuned", b) for b in ("base", "BM25")},
+                       intervals={f"{x} - {y}": paired_bootstrap(pq, x, y) for x, y in PAIRS},
+                       wins_vs_base=wins_losses(pq, "fine-tuned", "base"), wins_vs_bm25=wins_losses(pq, "fine-tuned", "BM25"))
+    return res
 
 
 def paired_p(per_query: dict, system: str, baseline: str) -> dict:
@@ -123,13 +172,15 @@ def stage_encoding(out: Path, a):
 
 def stage_search(out: Path, a):
     "Search latency on CISI's queries with the fine-tuned model: ms/query without and with query encoding."
-    from archivesrag.evaluation import load_glasgow, tuned_fusion_weight
+    from archivesrag.evaluation import load_glasgow
+    from archivesrag.pipeline import RunState
     from archivesrag.search import SearchIndex
     _, queries, qrels = load_glasgow(a.cisi)
     qs = [queries[q] for q in qrels]
     t0 = time.perf_counter()
+    weights = RunState(out).steps["evaluate"]["result"]["fusion_weight"]["synthetic"]  # what a user's archive serves
     index = SearchIndex.build(out / "corpus.jsonl", model_name_or_path=str(out / "model"),
-                              fusion_weight=tuned_fusion_weight(out / "eval" / "metrics_cisi.json"))
+                              fusion_weight=weights["fine-tuned+BM25"]["fine-tuned"])
     build = time.perf_counter() - t0
     emb = index.encode(qs)
     t0 = time.perf_counter()
@@ -146,7 +197,7 @@ def stage_search(out: Path, a):
     return {"index_build_s": round(build, 1), "faiss_ms_per_query_excl_encoding": round(faiss_only, 3), **res}
 
 
-STAGES = dict(corpus=stage_corpus, queries=stage_queries, mine=stage_mine, train=stage_train,
+STAGES = dict(corpus=stage_corpus, queries=stage_queries, split=stage_split, mine=stage_mine, train=stage_train,
               evaluate=stage_evaluate, encoding=stage_encoding, search=stage_search)
 
 
@@ -161,11 +212,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.05,
                    help="0.05: the scale (20) MiniLM was pre-trained with; the original recipe's 0.02 suits bge")
     p.add_argument("--train_group_size", type=int, default=2)
-    p.add_argument("--passage_max_len", type=int, default=128, help="training only; evaluation embeds whole abstracts")
+    p.add_argument("--passage_max_len", type=int, default=128, help="training only; the model is served at the base model's length (256 for MiniLM)")
     p.add_argument("--range_for_sampling", default="10-100",
                    help="skip the top 9: in a collection this dense they are often relevant (false negatives)")
     p.add_argument("--round_trip_k", type=int, default=10,
                    help="keep a query only if the base model ranks its document in the top k (0: keep all)")
+    p.add_argument("--held_out", type=float, default=0.1,
+                   help="share of documents whose synthetic queries are kept out of training to choose the fusion weight")
+    p.add_argument("--doc_pairs", type=int, default=0,
+                   help="1: add free pairs from the documents (title -> body, sentence -> rest of abstract) to the LLM queries")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--stages", help=f"comma-separated stages to (re)run even if finished: {','.join(STAGES)} "
                                     "(default: every stage not finished yet)")
@@ -176,10 +231,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def _upgrade_results(path: Path):
-    "bench.json of an earlier version kept the stages at the top level; the runner's state file keeps them under 'steps'."
-    data = json.loads(path.read_text()) if path.exists() else {}
-    if data and "steps" not in data: path.write_text(json.dumps({"steps": data}, indent=1))
+def _upgrade_results(out: Path):
+    "bench.json of an earlier version was the runner's state file; the state now lives in state.json."
+    old, new = out / "bench.json", out / "state.json"
+    data = json.loads(old.read_text()) if old.exists() and not new.exists() else {}
+    if data and "recipe" not in data:  # a summary (the committed bench.json) is not a state file
+        new.write_text(json.dumps(data if "steps" in data else {"steps": data}, indent=1))
 
 
 def main(argv=None):
@@ -190,13 +247,57 @@ def main(argv=None):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from archivesrag.pipeline import RunState, run_steps
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    _upgrade_results(out / "bench.json")
-    state = RunState(out, "bench.json")
+    _upgrade_results(out)
+    state = RunState(out)
     wanted = a.stages.split(",") if a.stages else list(STAGES)
-    try: run_steps(out, {n: f for n, f in STAGES.items() if n in wanted}, a, state, redo=set(wanted) if a.stages else (),
+    redo = set(wanted) if a.stages else set()
+    if "split" in redo or not state.done("split"):  # a new split: what was trained on the old one is stale
+        redo |= {"mine", "train", "evaluate", "encoding", "search"} & set(wanted)
+    try: run_steps(out, {n: f for n, f in STAGES.items() if n in wanted}, a, state, redo=redo,
                    fresh_process=True)  # each stage in its own process: its peak memory is its own
     except RuntimeError as e: sys.exit(f"bench stopped: {e}")
+    print_ablation(Path(__file__).parent / "cisi_levers_runs.jsonl")
     report(state.steps)
+    if "evaluate" in state.steps: write_bench_json(out / "bench.json", state.steps, a)
+
+
+def write_bench_json(path: Path, steps: dict, a):
+    "The committed summary: the recipe's flags, each half's systems, the test differences, each stage's cost."
+    r = steps["evaluate"]["result"]
+    summary = {"recipe": {k: v for k, v in vars(a).items() if k not in ("cisi", "out", "stages")},
+               "split": r["split"], "validation": r["validation"], "test": r["test"],
+               "fusion_weight": r["fusion_weight"], "test_at_synthetic_weight": r["test_at_synthetic_weight"],
+               "held_out_synthetic_queries": r["held_out_synthetic_queries"],
+               "stages": {n: {"seconds": s["seconds"], "peak_rss_mb": s["peak_rss_mb"]} for n, s in steps.items()}}
+    for n in ("queries", "split", "mine", "train", "encoding", "search"):
+        if n in steps: summary["stages"][n]["result"] = steps[n]["result"]
+    text = json.dumps(summary, indent=1, ensure_ascii=False, default=str)
+    for where, shown in sorted(((p, "<site-packages>") for p in site.getsitepackages()), key=lambda x: -len(x[0])) + [
+            (str(Path(__file__).resolve().parents[1]) + "/", "")]:
+        text = text.replace(where, shown)  # no machine paths in a committed file
+    path.write_text(text + "\n")
+    print(f"\nwrote {path}")
+
+
+def print_ablation(runs_file: Path):
+    """The validation ablation of bench/cisi_levers.py: each lever's nDCG@10 and R@100, dense and fused with BM25
+    (w 0.5), and its nDCG@10 difference from the base model with a 95% paired bootstrap interval (where recorded)."""
+    from archivesrag.evaluation import paired_bootstrap
+    if not runs_file.exists(): return
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines()]
+    base = next((r["per_query_validation"] for r in reversed(runs) if r["args"]["pairs"] == "none"
+                 and not r["args"].get("reeval") and "per_query_validation" in r), None)
+    def delta(r, kind):
+        if base is None or "per_query_validation" not in r or r["per_query_validation"] is base: return ""
+        pq = {q: {"lever": v, "base": base[kind][q]} for q, v in r["per_query_validation"][kind].items()}
+        ci = paired_bootstrap(pq, "lever", "base")
+        return f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+    print(f"\nCISI validation half: levers ({runs_file.name}; choose on these, never on the test half)")
+    print(f"{'lever':<58}{'pairs':>6}{'nDCG@10':>9}{'R@100':>7}{'+BM25':>7}  {'Δ dense vs base [95% CI]':<26}{'Δ +BM25 vs base+BM25'}")
+    for r in runs:
+        v = r["validation"]
+        print(f"{r['label'][:57]:<58}{r.get('examples', '—'):>6}{v['w=1.0']['ndcg@10']:>9.3f}{v['w=1.0']['recall@100']:>7.3f}"
+              f"{v['w=0.5']['ndcg@10']:>7.3f}  {delta(r, 'dense'):<26}{delta(r, 'fused')}")
 
 
 def comparison(systems: dict, title: str):
@@ -213,17 +314,26 @@ def comparison(systems: dict, title: str):
 def report(results):
     if "evaluate" in results:
         r = results["evaluate"]["result"]
-        comparison(r["systems"], f"CISI test half, {r['n_queries']} human-judged queries (fusion weights tuned on the "
-                                 f"{r.get('n_tune_queries')} validation queries; none used in training)")
-        if "wins_vs_base" in r:
-            w, b = r["wins_vs_base"], r["wins_vs_bm25"]
-            print(f"fine-tuned vs base, per query: {w['wins']} wins, {w['losses']} losses, {w['ties']} ties; "
-                  f"vs BM25: {b['wins']} wins, {b['losses']} losses, {b['ties']} ties")
-        for name, pv in r.get("p_values", {}).items():
+        if "validation" not in r: sys.exit("state.json predates the held-out split: rerun with --stages split,mine,train,evaluate")
+        w = r["fusion_weight"]
+        comparison(r["validation"]["systems"], f"CISI validation half, {r['validation']['n_queries']} human-judged queries "
+                                               f"(they chose the fusion weights: {w['human validation']})")
+        t = r["test"]
+        comparison(t["systems"], f"CISI test half, {t['n_queries']} human-judged queries (reported; none used in "
+                                 "training or in any choice)")
+        wb, wm = t["wins_vs_base"], t["wins_vs_bm25"]
+        print(f"fine-tuned vs base, per query: {wb['wins']} wins, {wb['losses']} losses, {wb['ties']} ties; "
+              f"vs BM25: {wm['wins']} wins, {wm['losses']} losses, {wm['ties']} ties")
+        for name, pv in t["p_values"].items():
             print(f"fine-tuned vs {name}, nDCG@10: p = {pv['t_test']} (paired t-test), {pv['wilcoxon']} (Wilcoxon)")
-        for name, ci in r.get("intervals", {}).items():
+        for name, ci in t["intervals"].items():
             print(f"{name}, nDCG@10: {ci['diff']:+.3f}, 95% paired bootstrap interval "
                   f"{ci['low']:+.3f} to {ci['high']:+.3f} ({ci['n_queries']} queries)")
+        print(f"\nfusion weight chosen on {r['held_out_synthetic_queries']} held-out synthetic queries (what a user's "
+              f"archive serves): {w['synthetic']}")
+        for n, m in r["test_at_synthetic_weight"].items():
+            print(f"  test half, {n} at that weight: nDCG@10 {m['ndcg@10']:.3f} (at the human-chosen weight "
+                  f"{t['systems'][n]['ndcg@10']:.3f})")
     print(f"\n{'stage':<10}{'seconds':>9}{'peak MB':>9}  figures")
     for name, r in results.items():
         if not isinstance(r, dict) or "seconds" not in r: continue

@@ -7,7 +7,9 @@ Training pairs come from the documents alone (no LLM, no judgement): `title` (a 
 a teacher — the base model fused with BM25 — scores every (query, passage) pair, and `--kd 1` trains on those
 scores with FlagEmbedding's own knowledge distillation (KL to the teacher's softmax, plus the usual InfoNCE).
 Each run prints nDCG@10 and Recall@100 on the 38 validation queries (`bench/cisi_query_split.json`) and appends
-all figures, test half included, to `bench/results/cisi/levers.jsonl`. Choose levers on validation only.
+all figures, test half included, to `bench/cisi_levers_runs.jsonl` (`bench/bench_cisi.py` prints them as the
+validation ablation, each lever against the base model with a paired bootstrap interval). Choose levers on
+validation only. `--reeval NAME` scores an earlier run's model again at the length it is now served at.
 """
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "cisi"
+RUNS = REPO / "bench" / "cisi_levers_runs.jsonl"  # every run, committed
+
+
+def run_name(args: dict) -> str: return args.get("name") or f"{args['pairs']}_kd{args['kd']}"
 
 
 def load(cisi: str):
@@ -109,7 +115,7 @@ def mine(pairs, teacher: Teacher, docs: list[str], bodies: list[str], kind_of, a
 
 def train(recs: list[dict], out: Path, a) -> Path:
     from archivesrag.models import resolve_embedder
-    from archivesrag.training import _argv_from, _run_in_process, write_sentence_transformers_files
+    from archivesrag.training import _argv_from, _run_in_process, served_length, write_sentence_transformers_files
     base = resolve_embedder("minilm")
     data = out / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -124,7 +130,7 @@ def train(recs: list[dict], out: Path, a) -> Path:
     t0 = time.perf_counter()
     metrics = _run_in_process(_argv_from(opts))
     print(f"trained {len(recs)} examples in {time.perf_counter() - t0:.0f} s ({metrics.get('train_samples_per_second')} samples/s)")
-    write_sentence_transformers_files(model, base, "mean", True, 128, "")
+    write_sentence_transformers_files(model, base, "mean", True, served_length(base, 128), "")
     return model
 
 
@@ -150,7 +156,8 @@ def evaluate(dense: np.ndarray, lex: np.ndarray, qids, qrels, doc_ids, weights=(
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cisi", default=str(REPO.parent / "shared" / "datasets" / "cisi"))
-    p.add_argument("--pairs", default="none", choices=["none", "title", "ict", "both"])
+    p.add_argument("--pairs", default="none", choices=["none", "title", "ict", "both"],
+                   help="both: title and inverse-cloze pairs together (two query styles)")
     p.add_argument("--kd", type=int, default=0)
     p.add_argument("--kd_temp", type=float, default=0.05, help="teacher scores in [0,1] are divided by this")
     p.add_argument("--drop_above_pos", type=int, default=0)
@@ -161,6 +168,9 @@ def main():
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default=None)
+    p.add_argument("--reeval", default=None, metavar="NAME",
+                   help="score the model of an earlier run again, served at the base model's length (earlier runs served "
+                        "at the 128 tokens training read)")
     a = p.parse_args()
     a.range = tuple(int(x) for x in a.range.split("-"))
     corpus, queries, qrels, split = load(a.cisi)
@@ -172,9 +182,18 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     base_emb = encode(base, docs, OUT / "cache" / "base_docs.npy")
     model_path, info = base, {}
-    if a.pairs != "none":
-        name = a.name or f"{a.pairs}_kd{a.kd}"
-        work = OUT / "levers" / name
+    if a.reeval:  # the same model, served at the base model's length: the run's own args and examples
+        model_path = str(OUT / "levers" / a.reeval / "model")
+        cfg = Path(model_path) / "sentence_bert_config.json"
+        from archivesrag.training import served_length
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "max_seq_length": served_length(base, 128)}, indent=2))
+        (Path(model_path) / "docs.npy").unlink(missing_ok=True)
+        runs = [json.loads(line) for line in RUNS.read_text().splitlines()]
+        first = next(r for r in runs if run_name(r["args"]) == a.reeval and not r["args"].get("reeval"))
+        a = argparse.Namespace(**{**first["args"], "reeval": a.reeval, "cisi": a.cisi, "range": tuple(first["args"]["range"])})
+        info["examples"] = first.get("examples")
+    elif a.pairs != "none":
+        work = OUT / "levers" / run_name(vars(a))
         work.mkdir(parents=True, exist_ok=True)
         teacher = Teacher(base, docs, base_emb)
         pairs = make_pairs(a.pairs, corpus, a.seed)
@@ -184,19 +203,36 @@ def main():
         info["examples"] = len(recs)
         model_path = str(train(recs, work, a))
     bm25 = build_bm25(docs)
-    res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info}
+    served = json.loads((Path(model_path) / "sentence_bert_config.json").read_text())["max_seq_length"]
+    res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info, "served_tokens": served}
+    res.setdefault("label", lever_name(res))
     for half in ("validation", "test"):
         qids = split[half]
-        cache = OUT / "cache" / "base_docs.npy" if a.pairs == "none" else Path(model_path) / "docs.npy"
+        cache = OUT / "cache" / "base_docs.npy" if model_path == base else Path(model_path) / "docs.npy"
         dense = scores_for(model_path, corpus, queries, qids, cache)
         idx, sc = bm25_search(bm25, [queries[q] for q in qids], len(docs))
         lex = np.zeros_like(dense)
         np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
         res[half] = evaluate(dense, lex, qids, qrels, doc_ids, weights=(1.0, 0.7, 0.5, 0.3, 0.0))
-    with open(OUT / "levers.jsonl", "a") as fh: fh.write(json.dumps(res) + "\n")
+        if half == "validation":  # per query, for each lever's interval against the base model
+            res["per_query_validation"] = {"dense": per_query_ndcg(dense, qids, qrels, doc_ids),
+                                           "fused": per_query_ndcg(0.5 * minmax(dense) + 0.5 * minmax(lex), qids, qrels, doc_ids)}
+    with open(RUNS, "a") as fh: fh.write(json.dumps(res) + "\n")
     print(json.dumps({"lever": res["args"], "validation": res["validation"]}, indent=None))
 
 
+
+
+def lever_name(run: dict) -> str:
+    "A lever run in words: its pairs, loss and negatives, and how many tokens the model read when served."
+    a = run["args"]
+    if a["pairs"] == "none": return "none (base MiniLM)"
+    words = [{"title": "title → body", "ict": "inverse cloze", "both": "title + inverse cloze"}[a["pairs"]],
+             "distilled" if a["kd"] else "InfoNCE"]
+    if a["group"] != 2: words.append(f"group {a['group']}")
+    if a.get("drop_above_pos"): words.append("teacher-ranked false negatives dropped")
+    if a["epochs"] != 1: words.append(f"{a['epochs']:g} epochs")
+    return ", ".join(words) + f" ({run.get('served_tokens', 256)} tok)"
 
 
 def per_query_ndcg(scores: np.ndarray, qids, qrels, doc_ids) -> dict[str, float]:
@@ -208,90 +244,5 @@ def per_query_ndcg(scores: np.ndarray, qids, qrels, doc_ids) -> dict[str, float]
     return {q: float(run.scores["ndcg@10"].get(q, 0.0)) for q in qids}
 
 
-def bootstrap_diff(a: dict, b: dict, n: int = 10_000, seed: int = 0) -> dict:
-    "Mean paired difference a − b over queries, its bootstrap 95% interval, and the paired t-test p-value."
-    from scipy.stats import ttest_rel
-    qs = sorted(a)
-    d = np.array([a[q] - b[q] for q in qs])
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
-    return {"diff": round(float(d.mean()), 4), "ci95": [round(float(np.percentile(means, 2.5)), 4),
-            round(float(np.percentile(means, 97.5)), 4)], "p_t_test": round(float(ttest_rel(list(a[q] for q in qs), list(b[q] for q in qs)).pvalue), 4)}
-
-
-def report(lever: str, cisi: str):
-    "Systems on both halves; fusion weights chosen on validation; differences with intervals. Writes bench/cisi_levers.json."
-    from archivesrag.models import resolve_embedder
-    from archivesrag.retrieval import build_bm25, bm25_search
-    corpus, queries, qrels, split = load(cisi)
-    doc_ids = list(corpus["id"])
-    docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
-    bm25 = build_bm25(docs)
-    tuned = OUT / "levers" / lever / "model"
-    models = {"base": (resolve_embedder("minilm"), OUT / "cache" / "base_docs.npy"), "fine-tuned": (str(tuned), tuned / "docs.npy")}
-    grid = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-    halves = {}
-    for half in ("validation", "test"):
-        qids = split[half]
-        idx, sc = bm25_search(bm25, [queries[q] for q in qids], len(docs))
-        lex = np.zeros((len(qids), len(docs)), np.float32)
-        np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
-        halves[half] = {"lex": lex, "dense": {m: scores_for(p, corpus, queries, qids, c) for m, (p, c) in models.items()}}
-    # the fusion weight of each model: the best validation nDCG@10 on the grid
-    weights = {}
-    for m in models:
-        v = halves["validation"]
-        best = max(grid, key=lambda w: np.mean(list(per_query_ndcg(w * minmax(v["dense"][m]) + (1 - w) * minmax(v["lex"]),
-                                                                    split["validation"], qrels, doc_ids).values())))
-        weights[m] = best
-    out = {"lever": lever, "fusion_weight_dense": weights, "split": "bench/cisi_query_split.json"}
-    for half in ("validation", "test"):
-        qids, h = split[half], halves[half]
-        systems = {"BM25": h["lex"], "base": h["dense"]["base"], "fine-tuned": h["dense"]["fine-tuned"]}
-        for m in models: systems[f"{m}+BM25"] = weights[m] * minmax(h["dense"][m]) + (1 - weights[m]) * minmax(h["lex"])
-        pq = {s: per_query_ndcg(x, qids, qrels, doc_ids) for s, x in systems.items()}
-        figs = {s: evaluate(x, h["lex"], qids, qrels, doc_ids, weights=(1.0,))["w=1.0"] for s, x in systems.items()}
-        out[half] = {"n_queries": len(qids), "systems": figs,
-                     "differences_ndcg@10": {f"{a} − {b}": bootstrap_diff(pq[a], pq[b]) for a, b in
-                                             [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "base+BM25"),
-                                              ("fine-tuned+BM25", "base"), ("fine-tuned+BM25", "BM25")]}}
-    (REPO / "bench" / "cisi_levers.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
-    for half in ("validation", "test"):
-        print(f"\nCISI {half} half ({out[half]['n_queries']} judged queries); fusion weights (dense) chosen on validation: {weights}")
-        print(f"{'system':<18}{'nDCG@10':>9}{'R@100':>9}")
-        for s, m in out[half]["systems"].items(): print(f"{s:<18}{m['ndcg@10']:>9.3f}{m['recall@100']:>9.3f}")
-        for k, d in out[half]["differences_ndcg@10"].items():
-            print(f"  {k:<28}{d['diff']:>+8.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]  p = {d['p_t_test']}")
-    return out
-
-
-def served(lever: str, cisi: str) -> dict:
-    "The systems as `search`/`ask` serve them (`Retriever`, title + text, served fusion), weights tuned on validation, scored on test."
-    from archivesrag.evaluation import evaluate_systems
-    from archivesrag.models import resolve_embedder
-    corpus, queries, qrels, split = load(cisi)
-    res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": resolve_embedder("minilm"),
-                           "fine-tuned": str(OUT / "levers" / lever / "model")}, tune_qids=split["validation"])
-    pq = res["per_query"]
-    pairs = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "base+BM25"), ("fine-tuned+BM25", "BM25")]
-    out = {"lever": lever, "served_path": "archivesrag.evaluation.evaluate_systems (Retriever, title+text, wsum fusion at depth 100)",
-           "tuned_on": "validation", "reported_on": "test", "n_queries": res["n_queries"], "fusion_weight": res["fusion_weight"],
-           "systems": {k: v for k, v in res["systems"].items() if not k.endswith("RRF")},
-           "differences_ndcg@10": {f"{a} − {b}": bootstrap_diff({q: v[a] for q, v in pq.items()}, {q: v[b] for q, v in pq.items()})
-                                   for a, b in pairs}}
-    print(f"\nCISI test half, served path ({out['n_queries']} queries; fusion weights tuned on validation: {out['fusion_weight']})")
-    print(f"{'system':<18}{'nDCG@10':>9}{'R@100':>9}")
-    for k, m in out["systems"].items(): print(f"{k:<18}{m['ndcg@10']:>9.3f}{m['recall@100']:>9.3f}")
-    for k, d in out["differences_ndcg@10"].items():
-        print(f"  {k:<28}{d['diff']:>+8.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]  p = {d['p_t_test']}")
-    return out
-
-
 if __name__ == "__main__":
-    import sys
-    if len(sys.argv) > 2 and sys.argv[1] == "--report":  # python bench/cisi_levers.py --report LEVER_NAME
-        cisi = str(REPO.parent / "shared" / "datasets" / "cisi")
-        out = report(sys.argv[2], cisi)
-        out["served_test"] = served(sys.argv[2], cisi)
-        (REPO / "bench" / "cisi_levers.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
-    else: main()
+    main()

@@ -63,7 +63,8 @@ def test_trained_model_loads_in_sentence_transformers(trained, mined):
     assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
     pool = json.loads((trained / "1_Pooling" / "config.json").read_text())
     assert pool["pooling_mode_mean_tokens"] and not pool["pooling_mode_cls_token"]  # MiniLM's own pooling
-    assert json.loads((trained / "sentence_bert_config.json").read_text())["max_seq_length"] == 32
+    # training read 32 tokens; the model serves at the base model's own 256, as much of a passage as the base reads
+    assert json.loads((trained / "sentence_bert_config.json").read_text())["max_seq_length"] == 256
     model = SentenceTransformer(str(trained), device="cpu")
     assert T.st_pooling_mode(model) == "mean"
     emb = model.encode(["Appraisal report for building permit files", "Fixity incident on tape"])
@@ -78,9 +79,10 @@ def test_embeddings_match_flagembedding(trained, mined):
     recs = read_jsonl(mined)
     texts = [r["pos"][0] for r in recs[:6]]
     queries = [r["query"] for r in recs[:6]]
-    fe = BaseEmbedder(str(trained), pooling_method="mean", normalize_embeddings=True, use_fp16=False, devices="cpu",
-                      query_instruction_for_retrieval="", passage_max_length=32, query_max_length=32)
     st = SentenceTransformer(str(trained), device="cpu")
+    fe = BaseEmbedder(str(trained), pooling_method="mean", normalize_embeddings=True, use_fp16=False, devices="cpu",
+                      query_instruction_for_retrieval="", passage_max_length=st.max_seq_length,
+                      query_max_length=st.max_seq_length)
     assert ((fe.encode_corpus(texts) * st.encode(texts)).sum(1) >= 0.999).all()
     assert ((fe.encode_queries(queries) * st.encode(queries, prompt_name="query")).sum(1) >= 0.999).all()
 

@@ -4,12 +4,14 @@
 
 `make outputs` runs it after re-running the notebooks. A stderr output made only of progress bars or of warnings
 raised inside installed libraries is dropped; in what remains, this checkout's path, the virtual environment's
-site-packages and the home folder are written the way a reader's machine would show them.
+site-packages and the home folder are written the way a reader's machine would show them, and a temporary
+folder (new on every run) as `<tmp>`.
 """
 import json
 import re
 import site
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,9 +25,12 @@ def _replacements() -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: -len(p[0]))  # longest first: site-packages lies inside the checkout's .venv
 
 
+TEMP_DIR = re.compile(re.escape(tempfile.gettempdir()) + r"/(?:tmp|archivesrag-)[\w-]+")  # new on every run
+
+
 def clean_text(text: str, pairs) -> str:
     for old, new in pairs: text = text.replace(old, new)
-    return text
+    return TEMP_DIR.sub("<tmp>", text)
 
 
 LOG_LINE = re.compile(r"^\d\d/\d\d/\d{4} [\d:]+ - (INFO|WARNING) - ")  # a library's logging (FlagEmbedding's runner)
