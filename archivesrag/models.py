@@ -37,8 +37,9 @@ MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", BUNDLED_EMBEDDER_ID.lower(), "al
 
 # %% auto #0
 __all__ = ['FULL_MODELS', 'OFFLINE_MODELS', 'BUNDLED_EMBEDDER_ID', 'MINILM_ALIASES', 'RAG_8B_MIN_GIB', 'SMALL_GPU_RAG_LLM',
-           'bundled_embedder_path', 'bundled_gguf_path', 'hub_name', 'is_offline', 'resolve_embedder', 'get_device',
-           'load_embedder', 'small_run', 'gpu_memory_gib', 'rag_model_for_gpu', 'full_recipe', 'recipe', 'import_faiss']
+           'bundled_embedder_path', 'bundled_gguf_path', 'hub_name', 'is_offline', 'hub_revision', 'resolve_embedder',
+           'get_device', 'load_embedder', 'small_run', 'gpu_memory_gib', 'rag_model_for_gpu', 'full_recipe', 'recipe',
+           'import_faiss']
 
 # %% ../nbs/00a_models.ipynb #c006
 def _package_dir(name: str) -> Path | None:
@@ -84,11 +85,13 @@ def _looks_like_path(name: str) -> bool:
     "A filesystem path, not a Hub id (`owner/name`): absolute, `./`, `../`, `~`, or more than one `/`."
     return name.startswith((".", "~", "/")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
 
-def _in_hf_cache(name: str) -> bool:
+def hub_revision(name: str) -> str | None:
+    "The commit of a Hub model in the local Hugging Face cache, or None when it has not been downloaded."
     try:
         from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    except Exception: return False
+        p = try_to_load_from_cache(name, "config.json")
+        return Path(p).parent.name if isinstance(p, str) else None
+    except Exception: return None  # an id huggingface_hub refuses to parse is simply not in the cache
 
 @lru_cache(maxsize=64)
 def _on_hub(name: str) -> bool:
@@ -109,7 +112,7 @@ def resolve_embedder(name: str | None = None, offline: bool | None = None, role:
     if name.lower() in MINILM_ALIASES: return str(bundled_embedder_path())
     if Path(name).expanduser().exists(): return str(Path(name).expanduser().resolve())  # an index records it
     if _looks_like_path(name): raise InputError(f"{name}: no such model folder (check the path)")
-    if offline and not _in_hf_cache(name):
+    if offline and hub_revision(name) is None:
         if name in FULL_MODELS.values():   # the original recipe's models: the bundled one stands in, and we say so
             print(f"offline: using the bundled all-MiniLM-L6-v2 instead of {name}")
             return str(bundled_embedder_path())

@@ -8,6 +8,7 @@ Docs: https://archivesrag.github.io/archivesrag/retrieval.html.md"""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ import numpy as np
 
 from fastcore.basics import patch
 
-from .corpus import InputError, corpus_fingerprint
-from .models import import_faiss, load_embedder, resolve_embedder
+from .corpus import InputError, corpus_fingerprint, write_atomic
+from .models import hub_revision, import_faiss, load_embedder, resolve_embedder
 
 # %% auto #0
 __all__ = ['TEXT_FIELDS', 'FUSIONS', 'RETRIEVALS', 'DEFAULT_FUSION_WEIGHT', 'passage_text', 'passage_texts', 'check_queries',
@@ -117,14 +118,6 @@ def default_cache_dir() -> Path:
     "Where embeddings are cached: `$ARCHIVESRAG_CACHE`, else `~/.cache/archivesrag/embeddings`."
     return Path(os.environ.get("ARCHIVESRAG_CACHE") or Path.home() / ".cache" / "archivesrag" / "embeddings").expanduser()
 
-def _hub_revision(name: str) -> str | None:
-    "The commit of a Hub model in the local Hugging Face cache, or None when it has not been downloaded."
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        p = try_to_load_from_cache(name, "config.json")
-        return Path(p).parent.name if isinstance(p, str) else None
-    except Exception: return None  # an id huggingface_hub refuses to parse is simply not in the cache
-
 def model_fingerprint(model_path: str) -> str | None:
     "Identity of a model's weights: a local folder's file names, sizes and mtimes (not its README), or a Hub id and commit."
     p = Path(str(model_path)).expanduser()
@@ -136,7 +129,7 @@ def model_fingerprint(model_path: str) -> str | None:
             st = f.stat()
             h.update(f"{f.relative_to(p).as_posix()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return h.hexdigest()[:16]
-    rev = _hub_revision(str(model_path))
+    rev = hub_revision(str(model_path))
     if rev is None: return None
     h.update(f"{model_path}@{rev}".encode())
     return h.hexdigest()[:16]
@@ -156,11 +149,10 @@ def embedding_cache_path(model_name_or_path: str, texts: list[str], cache_dir=No
 
 # %% ../nbs/00c_retrieval.ipynb #r020
 def _save_npy(f: Path, emb: np.ndarray, meta: dict):
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.stem + f".{os.getpid()}.tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, f)  # atomic: another process never reads half a file
-    f.with_suffix(".json").write_text(json.dumps(meta))
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    write_atomic(f, buf.getvalue())  # another process never reads half a file
+    write_atomic(f.with_suffix(".json"), json.dumps(meta))
 
 def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=None, batch_size: int = 64,
                   prompt: str | None = None, normalize: bool = True, device=None) -> np.ndarray:

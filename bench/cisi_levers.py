@@ -27,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
+from archivesrag.retrieval import passage_text, passage_texts
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "cisi"
 RUNS = REPO / "bench" / "cisi_levers_runs.jsonl"  # every run, committed
@@ -42,21 +44,16 @@ def load(cisi: str):
     return corpus, queries, qrels, split
 
 
-def served_text(title: str, text: str) -> str: return f"{title}\n{text}" if title else text
-
-
-def encode(model_path: str, texts: list[str], cache: Path | None = None) -> np.ndarray:
-    if cache is not None and cache.exists(): return np.load(cache)
-    from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(model_path, device="cpu")
-    emb = model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
-    if cache is not None: cache.parent.mkdir(parents=True, exist_ok=True); np.save(cache, emb)
-    return emb
+def encode(model_path: str, texts: list[str]) -> np.ndarray:
+    "The package's cached encoder: each model loaded once, each text set encoded once (a changed model re-encodes)."
+    from archivesrag.retrieval import encode_cached
+    return encode_cached(model_path, texts, cache_dir=OUT / "cache")
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
-    lo, hi = x.min(axis=-1, keepdims=True), x.max(axis=-1, keepdims=True)
-    return (x - lo) / np.where(hi > lo, hi - lo, 1)
+    "The served min-max (`archivesrag.retrieval.minmax`) over every document of each row."
+    from archivesrag.retrieval import minmax as served_minmax
+    return served_minmax(x, np.ones(x.shape, dtype=bool))
 
 
 class Teacher:
@@ -89,7 +86,7 @@ def make_pairs(kind: str, corpus, seed: int) -> list[tuple[str, int, str]]:
             if len(sents) >= 3:
                 s = rng.choice(sents)
                 rest = " ".join(x for x in re.split(r"(?<=[.!?])\s+", text) if x != s)
-                pairs.append((s, i, served_text(title, rest)))
+                pairs.append((s, i, passage_text({'title': title, 'text': rest})))
     return pairs
 
 
@@ -134,9 +131,9 @@ def train(recs: list[dict], out: Path, a) -> Path:
     return model
 
 
-def scores_for(model_path: str, corpus, queries: dict, qids: list[str], cache: Path | None = None) -> np.ndarray:
-    docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
-    emb = encode(model_path, docs, cache)
+def scores_for(model_path: str, corpus, queries: dict, qids: list[str]) -> np.ndarray:
+    docs = passage_texts(corpus)  # title + text, as search serves them
+    emb = encode(model_path, docs)
     return encode(model_path, [queries[q] for q in qids]) @ emb.T
 
 
@@ -175,19 +172,18 @@ def main():
     a.range = tuple(int(x) for x in a.range.split("-"))
     corpus, queries, qrels, split = load(a.cisi)
     doc_ids = list(corpus["id"])
-    docs = [served_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
+    docs = passage_texts(corpus)  # title + text, as search serves them
     from archivesrag.retrieval import build_bm25, bm25_search
     from archivesrag.models import resolve_embedder
     base = resolve_embedder("minilm")
     OUT.mkdir(parents=True, exist_ok=True)
-    base_emb = encode(base, docs, OUT / "cache" / "base_docs.npy")
+    base_emb = encode(base, docs)
     model_path, info = base, {}
     if a.reeval:  # the same model, served at the base model's length: the run's own args and examples
         model_path = str(OUT / "levers" / a.reeval / "model")
         cfg = Path(model_path) / "sentence_bert_config.json"
         from archivesrag.training import served_length
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "max_seq_length": served_length(base, 128)}, indent=2))
-        (Path(model_path) / "docs.npy").unlink(missing_ok=True)
         runs = [json.loads(line) for line in RUNS.read_text().splitlines()]
         first = next(r for r in runs if run_name(r["args"]) == a.reeval and not r["args"].get("reeval"))
         a = argparse.Namespace(**{**first["args"], "reeval": a.reeval, "cisi": a.cisi, "range": tuple(first["args"]["range"])})
@@ -208,8 +204,7 @@ def main():
     res.setdefault("label", lever_name(res))
     for half in ("validation", "test"):
         qids = split[half]
-        cache = OUT / "cache" / "base_docs.npy" if model_path == base else Path(model_path) / "docs.npy"
-        dense = scores_for(model_path, corpus, queries, qids, cache)
+        dense = scores_for(model_path, corpus, queries, qids)
         idx, sc = bm25_search(bm25, [queries[q] for q in qids], len(docs))
         lex = np.zeros_like(dense)
         np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
