@@ -40,8 +40,9 @@ def _quiet():
 __all__ = ['METRICS', 'read_glasgow_records', 'read_glasgow_qrels', 'load_glasgow', 'find_cisi', 'subsample_collection', 'to_run',
            'bm25_run', 'dense_run', 'tune_fusion_weight', 'system_runs', 'evaluate_runs', 'evaluate_systems',
            'metrics_table', 'format_table', 'plot_metrics', 'wins_losses', 'plot_wins', 'plot_query_scatter',
-           'plot_best_system', 'queries_from_records', 'tuning_half', 'paired_bootstrap', 'EvalSet', 'collection_set',
-           'archive_set', 'save_fusion_weight', 'tuned_fusion_weight', 'eval_systems', 'evaluate', 'evaluate_cli']
+           'plot_best_system', 'queries_from_records', 'tuning_half', 'paired_bootstrap', 'EvalSet', 'query_split',
+           'collection_set', 'archive_set', 'save_fusion_weight', 'tuned_fusion_weight', 'eval_systems', 'evaluate',
+           'evaluate_cli']
 
 # %% ../nbs/04_evaluation.ipynb #c014
 _FIELD = re.compile(r"^\.([A-Z])\s*$")
@@ -384,12 +385,30 @@ def _parse_collection(spec: str) -> tuple[str, Path]:
     if folder is None: raise InputError("no CISI folder: pass --collection cisi:/path/to/cisi or set ARCHIVESRAG_CISI")
     return name, Path(folder)
 
-def collection_set(collection: str, seed: int = 42, tune: bool = True) -> EvalSet:
-    "A Glasgow collection (`cisi:/folder`): its human queries, half of them (seeded) tuning the fusion weight."
+def query_split(split_file, qrels: dict) -> dict:
+    "A fixed `{validation: [query id], test: [...]}` split of a collection's judged queries, e.g. `bench/cisi_query_split.json`."
+    f = Path(split_file)
+    try: split = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError: raise InputError(f"{f}: no such split file") from None
+    except json.JSONDecodeError as e: raise InputError(f"{f}: not JSON ({e})") from None
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("validation", "test")):
+        raise InputError(f"{f}: a collection's split needs a 'validation' and a 'test' list of query ids")
+    halves = {k: [str(q) for q in split[k]] for k in ("validation", "test")}
+    unknown = sorted(set(halves["validation"] + halves["test"]) - set(qrels))
+    if unknown: raise InputError(f"{f}: {len(unknown)} query id(s) are not judged in this collection, e.g. '{unknown[0]}'")
+    return halves
+
+def collection_set(collection: str, seed: int = 42, tune: bool = True, split_file=None) -> EvalSet:
+    "A Glasgow collection (`cisi:/folder`): its human queries; a seeded half, or `split_file`'s validation half, tunes the fusion weight."
     name, folder = _parse_collection(collection)
     corpus, queries, qrels = load_glasgow(folder, prefix=name.upper())
-    return EvalSet(corpus, queries, qrels, tuning_half(qrels, seed=seed) if tune else None, name.upper(),
-                   f"metrics_{name.lower()}.json")
+    if not split_file:
+        return EvalSet(corpus, queries, qrels, tuning_half(qrels, seed=seed) if tune else None, name.upper(),
+                       f"metrics_{name.lower()}.json")
+    halves = query_split(split_file, qrels)  # report the test half only; validation tunes, or is left out
+    kept = set(halves["test"]) | (set(halves["validation"]) if tune else set())
+    return EvalSet(corpus, queries, {q: j for q, j in qrels.items() if q in kept}, halves["validation"] if tune else None,
+                   f"{name.upper()} test half", f"metrics_{name.lower()}.json", info={"query_split": str(split_file)})
 
 # %% ../nbs/04_evaluation.ipynb #c053b
 def _records(corpus_file, queries_file) -> tuple[list[dict], str]:
@@ -478,7 +497,7 @@ def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_
     systems = eval_systems(retrieval, base_model, model_name_or_path, extra_models)
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     tune = retrieval == "hybrid" and fusion_weight is None
-    data = collection_set(collection, seed, tune) if collection else \
+    data = collection_set(collection, seed, tune, split_file) if collection else \
            archive_set(corpus_file, queries_file, split_file, out, test_size, seed, tune, warn=bool(model_name_or_path))
     results = evaluate_systems(data.corpus, data.queries, data.qrels, systems, hybrid=retrieval == "hybrid", k=k,
                                tune_qids=data.tune, fusion_weight=fusion_weight, query_prompt=query_prompt, cache_dir=cache_dir)
@@ -512,7 +531,7 @@ def _save_plots(results: dict, folder: Path, label: str) -> list[str]:
 def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder (output_dir of `archivesrag train`)
                  base_model: str = None,  # the model before fine-tuning (default: the recipe's base embedder; offline the bundled MiniLM)
                  queries_file: str = None,  # queries.jsonl from `archivesrag gen-query` (default: the bundled sample queries)
-                 split_file: str = None,  # split.json made before mining/training (default: a new split by document, saved to output_dir)
+                 split_file: str = None,  # split.json made before mining/training (default: a new split by document, saved to output_dir); with --collection, a {validation, test} query split such as bench/cisi_query_split.json
                  corpus_file: str = None,  # corpus.jsonl (default: the bundled sample archive)
                  collection: str = None,  # a Glasgow test collection instead, e.g. cisi:/path/to/cisi (or set ARCHIVESRAG_CISI and pass 'cisi:')
                  output_dir: str = "eval",  # where metrics.json and plots/ go

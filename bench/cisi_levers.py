@@ -3,13 +3,16 @@
     python bench/cisi_levers.py --pairs title --kd 1 [--epochs 1] [--name title_kd]
 
 Training pairs come from the documents alone (no LLM, no judgement): `title` (a document's title → its body) and
-`ict` (inverse cloze: one sentence → the rest of its abstract). Hard negatives are mined with the base model;
+`ict` (inverse cloze: one sentence → the rest of its abstract); or `recipe`, the package recipe's own mined LLM
+queries (`make bench`'s `minedHN.jsonl`), to vary its training schedule. Hard negatives are mined with the base model;
 a teacher — the base model fused with BM25 — scores every (query, passage) pair, and `--kd 1` trains on those
 scores with FlagEmbedding's own knowledge distillation (KL to the teacher's softmax, plus the usual InfoNCE).
 Each run prints nDCG@10 and Recall@100 on the 38 validation queries (`bench/cisi_query_split.json`) and appends
 all figures, test half included, to `bench/cisi_levers_runs.jsonl` (`bench/bench_cisi.py` prints them as the
 validation ablation, each lever against the base model with a paired bootstrap interval). Choose levers on
 validation only. `--reeval NAME` scores an earlier run's model again at the length it is now served at.
+`--each_epoch 1` saves and scores a checkpoint after every epoch, and also on the held-out documents' synthetic
+queries: early stopping as a user's archive can do it, with no judgements.
 """
 from __future__ import annotations
 
@@ -65,13 +68,8 @@ class Teacher:
 
     def scores(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         "(dense cosine [nq, n], fused teacher score in [0, 1] [nq, n])."
-        from archivesrag.retrieval import bm25_search
-        qemb = encode(self.model_path, queries)
-        dense = qemb @ self.emb.T
-        idx, sc = bm25_search(self.bm25, queries, self.n)
-        lex = np.zeros_like(dense)
-        np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
-        return dense, 0.5 * minmax(dense) + 0.5 * minmax(lex)
+        dense = encode(self.model_path, queries) @ self.emb.T
+        return dense, 0.5 * minmax(dense) + 0.5 * minmax(bm25_matrix(self.bm25, queries, self.n))
 
 
 def make_pairs(kind: str, corpus, seed: int) -> list[tuple[str, int, str]]:
@@ -110,6 +108,23 @@ def mine(pairs, teacher: Teacher, docs: list[str], bodies: list[str], kind_of, a
     return recs
 
 
+def recipe_records(teacher: Teacher, doc_ids: list[str], a) -> list[dict]:
+    "`make bench`'s mined LLM queries; for `--kd 1`, the teacher's scores of the positive and each negative."
+    from archivesrag.corpus import read_jsonl
+    recs = [{"query": r["query"], "pos": r["pos"], "neg": r["neg"], "row": r["doc_id"], "neg_rows": r["neg_ids"]}
+            for r in read_jsonl(OUT / "minedHN.jsonl")]
+    if not a.kd: return [{k: r[k] for k in ("query", "pos", "neg")} for r in recs]
+    row = {d: i for i, d in enumerate(doc_ids)}
+    _, fused = teacher.scores([r["query"] for r in recs])
+    out = []
+    for n, r in enumerate(recs):
+        pos = fused[n, row[r["row"]]]
+        negs = [(t, fused[n, row[j]]) for t, j in zip(r["neg"], r["neg_rows"]) if not a.drop_above_pos or fused[n, row[j]] < pos]
+        if negs: out.append({"query": r["query"], "pos": r["pos"], "neg": [t for t, _ in negs],
+                             "pos_scores": [float(pos) / a.kd_temp], "neg_scores": [float(s) / a.kd_temp for _, s in negs]})
+    return out
+
+
 def train(recs: list[dict], out: Path, a) -> Path:
     from archivesrag.models import resolve_embedder
     from archivesrag.training import _argv_from, _run_in_process, served_length, write_sentence_transformers_files
@@ -119,16 +134,36 @@ def train(recs: list[dict], out: Path, a) -> Path:
     model = out / "model"
     if model.exists(): shutil.rmtree(model)
     opts = dict(model_name_or_path=base, train_data=[str(data)], output_dir=str(model), learning_rate=a.lr,
-                num_train_epochs=a.epochs, per_device_train_batch_size=32, dataloader_drop_last=True,
-                normalize_embeddings=True, temperature=0.05, query_max_len=64, passage_max_len=128,
-                train_group_size=a.group, logging_steps=10, save_steps=100000, query_instruction_for_retrieval="",
+                num_train_epochs=a.epochs, per_device_train_batch_size=a.batch, dataloader_drop_last=True,
+                normalize_embeddings=True, temperature=a.temperature, query_max_len=64, passage_max_len=128,
+                train_group_size=a.group, logging_steps=10, query_instruction_for_retrieval="",
+                **({"save_strategy": "epoch"} if a.each_epoch else {"save_steps": 100000}),
                 sentence_pooling_method="mean", report_to="none", seed=a.seed,
                 knowledge_distillation=bool(a.kd))
     t0 = time.perf_counter()
     metrics = _run_in_process(_argv_from(opts))
     print(f"trained {len(recs)} examples in {time.perf_counter() - t0:.0f} s ({metrics.get('train_samples_per_second')} samples/s)")
-    write_sentence_transformers_files(model, base, "mean", True, served_length(base, 128), "")
+    for folder in [model, *sorted(model.glob("checkpoint-*"))]:
+        for f in model.glob("*token*") or []:  # a checkpoint must load like the final model
+            if not (folder / f.name).exists(): shutil.copy(f, folder / f.name)
+        write_sentence_transformers_files(folder, base, "mean", True, served_length(base, 128), "")
     return model
+
+
+def checkpoints(model: Path) -> list[tuple[int, Path]]:
+    "(epoch, folder) of each per-epoch checkpoint, in order."
+    found = sorted(model.glob("checkpoint-*"), key=lambda f: int(f.name.split("-")[1]))
+    return [(n, f) for n, f in enumerate(found, 1)]
+
+
+def synthetic_held_out(corpus) -> tuple[dict, dict]:
+    "The synthetic queries of `make bench`'s held-out documents, each judged by its own document: no human label."
+    from archivesrag.corpus import read_jsonl
+    from archivesrag.evaluation import queries_from_records
+    from archivesrag.negatives import load_split, select_queries
+    held = load_split(OUT / "split.json")["test_ids"]
+    queries, qrels, _ = queries_from_records(select_queries(read_jsonl(OUT / "queries.jsonl"), held), corpus)
+    return queries, qrels
 
 
 def scores_for(model_path: str, corpus, queries: dict, qids: list[str]) -> np.ndarray:
@@ -153,8 +188,9 @@ def evaluate(dense: np.ndarray, lex: np.ndarray, qids, qrels, doc_ids, weights=(
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cisi", default=str(REPO.parent / "shared" / "datasets" / "cisi"))
-    p.add_argument("--pairs", default="none", choices=["none", "title", "ict", "both"],
-                   help="both: title and inverse-cloze pairs together (two query styles)")
+    p.add_argument("--pairs", default="none", choices=["none", "title", "ict", "both", "recipe"],
+                   help="both: title and inverse-cloze pairs together (two query styles); recipe: make bench's "
+                        "mined LLM queries")
     p.add_argument("--kd", type=int, default=0)
     p.add_argument("--kd_temp", type=float, default=0.05, help="teacher scores in [0,1] are divided by this")
     p.add_argument("--drop_above_pos", type=int, default=0)
@@ -163,6 +199,9 @@ def main():
     p.add_argument("--group", type=int, default=2)
     p.add_argument("--epochs", type=float, default=1)
     p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--batch", type=int, default=32, help="queries per step: each is the others' in-batch negative")
+    p.add_argument("--each_epoch", type=int, default=0, help="1: score a checkpoint after every epoch")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default=None)
     p.add_argument("--reeval", default=None, metavar="NAME",
@@ -173,7 +212,7 @@ def main():
     corpus, queries, qrels, split = load(a.cisi)
     doc_ids = list(corpus["id"])
     docs = passage_texts(corpus)  # title + text, as search serves them
-    from archivesrag.retrieval import build_bm25, bm25_search
+    from archivesrag.retrieval import build_bm25
     from archivesrag.models import resolve_embedder
     base = resolve_embedder("minilm")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -192,28 +231,51 @@ def main():
         work = OUT / "levers" / run_name(vars(a))
         work.mkdir(parents=True, exist_ok=True)
         teacher = Teacher(base, docs, base_emb)
-        pairs = make_pairs(a.pairs, corpus, a.seed)
-        bodies = list(corpus["text"])
-        body_set = set(bodies)
-        recs = mine(pairs, teacher, docs, bodies, lambda pos: "body" if pos in body_set else "doc", a)
+        if a.pairs == "recipe": recs = recipe_records(teacher, doc_ids, a)
+        else:
+            pairs = make_pairs(a.pairs, corpus, a.seed)
+            bodies = list(corpus["text"])
+            body_set = set(bodies)
+            recs = mine(pairs, teacher, docs, bodies, lambda pos: "body" if pos in body_set else "doc", a)
         info["examples"] = len(recs)
         model_path = str(train(recs, work, a))
     bm25 = build_bm25(docs)
-    served = json.loads((Path(model_path) / "sentence_bert_config.json").read_text())["max_seq_length"]
-    res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info, "served_tokens": served}
-    res.setdefault("label", lever_name(res))
+    models = checkpoints(Path(model_path)) if getattr(a, "each_epoch", 0) else [(None, Path(model_path))]
+    for epoch, folder in models:
+        served = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+        res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info, "served_tokens": served}
+        if epoch is not None: res["epoch"] = epoch
+        res.setdefault("label", lever_name(res))
+        score_run(res, str(folder), corpus, queries, qrels, split, bm25, doc_ids)
+        with open(RUNS, "a") as fh: fh.write(json.dumps(res) + "\n")
+        print(json.dumps({"lever": res["label"], "validation": res["validation"], "synthetic": res.get("synthetic")}))
+
+
+def bm25_matrix(bm25, texts: list[str], n_docs: int) -> np.ndarray:
+    "BM25 scores of every document for each text [len(texts), n_docs] (0 where BM25 has no match)."
+    from archivesrag.retrieval import bm25_search
+    idx, sc = bm25_search(bm25, texts, n_docs)
+    lex = np.zeros((len(texts), n_docs), dtype=np.float32)
+    np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
+    return lex
+
+
+def score_run(res: dict, model_path: str, corpus, queries, qrels, split, bm25, doc_ids):
+    "Both halves of the judged queries (and, for a checkpoint, the held-out synthetic queries) into `res`."
     for half in ("validation", "test"):
         qids = split[half]
         dense = scores_for(model_path, corpus, queries, qids)
-        idx, sc = bm25_search(bm25, [queries[q] for q in qids], len(docs))
-        lex = np.zeros_like(dense)
-        np.put_along_axis(lex, np.asarray(idx, dtype=np.int64), np.asarray(sc, dtype=np.float32), axis=1)
+        lex = bm25_matrix(bm25, [queries[q] for q in qids], len(doc_ids))
         res[half] = evaluate(dense, lex, qids, qrels, doc_ids, weights=(1.0, 0.7, 0.5, 0.3, 0.0))
         if half == "validation":  # per query, for each lever's interval against the base model
             res["per_query_validation"] = {"dense": per_query_ndcg(dense, qids, qrels, doc_ids),
                                            "fused": per_query_ndcg(0.5 * minmax(dense) + 0.5 * minmax(lex), qids, qrels, doc_ids)}
-    with open(RUNS, "a") as fh: fh.write(json.dumps(res) + "\n")
-    print(json.dumps({"lever": res["args"], "validation": res["validation"]}, indent=None))
+    if "epoch" in res:  # what early stopping can see on a user's archive
+        syn_q, syn_qrels = synthetic_held_out(corpus)
+        qids = list(syn_q)
+        dense = scores_for(model_path, corpus, syn_q, qids)
+        lex = bm25_matrix(bm25, [syn_q[q] for q in qids], len(doc_ids))
+        res["synthetic"] = {"n_queries": len(qids), **evaluate(dense, lex, qids, syn_qrels, doc_ids, weights=(1.0, 0.5))}
 
 
 
@@ -222,11 +284,14 @@ def lever_name(run: dict) -> str:
     "A lever run in words: its pairs, loss and negatives, and how many tokens the model read when served."
     a = run["args"]
     if a["pairs"] == "none": return "none (base MiniLM)"
-    words = [{"title": "title → body", "ict": "inverse cloze", "both": "title + inverse cloze"}[a["pairs"]],
-             "distilled" if a["kd"] else "InfoNCE"]
+    words = [{"title": "title → body", "ict": "inverse cloze", "both": "title + inverse cloze",
+              "recipe": "LLM queries (recipe)"}[a["pairs"]], "distilled" if a["kd"] else "InfoNCE"]
+    if a.get("temperature", 0.05) != 0.05: words.append(f"temperature {a['temperature']:g}")
     if a["group"] != 2: words.append(f"group {a['group']}")
+    if a.get("batch", 32) != 32: words.append(f"batch {a['batch']}")
     if a.get("drop_above_pos"): words.append("teacher-ranked false negatives dropped")
-    if a["epochs"] != 1: words.append(f"{a['epochs']:g} epochs")
+    if run.get("epoch") is not None: words.append(f"epoch {run['epoch']} of {a['epochs']:g}")
+    elif a["epochs"] != 1: words.append(f"{a['epochs']:g} epochs")
     return ", ".join(words) + f" ({run.get('served_tokens', 256)} tok)"
 
 

@@ -236,6 +236,19 @@ def test_cli_on_cisi_prints_the_table(cisi, capsys, tmp_path):
     assert saved["n_queries"] == 76 and 0.37 < saved["systems"]["BM25"]["ndcg@10"] < 0.41
 
 
+def test_collection_with_the_committed_query_split_reports_the_test_half(cisi, tmp_path):
+    "`--split_file bench/cisi_query_split.json` scores the bench's test half: the same BM25 figure as bench.json."
+    split = Path(__file__).parents[1] / "bench" / "cisi_query_split.json"
+    res = evaluate(collection=f"cisi:{find_cisi()}", split_file=split, retrieval="bm25", output_dir=tmp_path,
+                   plots=False, verbose=False)
+    bench = json.loads((split.parent / "results" / "cisi" / "bench.json").read_text())
+    assert res["dataset"] == "CISI test half" and res["n_queries"] == bench["test"]["n_queries"] == 38
+    assert res["systems"]["BM25"]["ndcg@10"] == pytest.approx(bench["test"]["systems"]["BM25"]["ndcg@10"], abs=1e-4)
+    (tmp_path / "bad.json").write_text(json.dumps({"validation": ["2"], "test": ["9999"]}))
+    with pytest.raises(InputError, match=r"bad\.json: 1 query id\(s\) are not judged in this collection, e\.g\. '9999'"):
+        evaluate(collection=f"cisi:{find_cisi()}", split_file=tmp_path / "bad.json", retrieval="bm25", output_dir=tmp_path)
+
+
 def test_cli_bad_split_is_one_line_exit_2(tmp_path):
     (tmp_path / "split.json").write_text(json.dumps({"train_ids": ["ARC-0001#0"], "test_ids": ["ARC-0001#0"]}))
     cli = Path(sys.executable).parent / "archivesrag"  # the console script `pip install` made
