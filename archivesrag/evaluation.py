@@ -389,11 +389,13 @@ def query_split(split_file, qrels: dict) -> dict:
     "A fixed `{validation: [query id], test: [...]}` split of a collection's judged queries, e.g. `bench/cisi_query_split.json`."
     f = Path(split_file)
     try: split = json.loads(f.read_text(encoding="utf-8"))
-    except FileNotFoundError: raise InputError(f"{f}: no such split file") from None
+    except (OSError, UnicodeDecodeError) as e: raise InputError(f"{f}: cannot read the split file ({e})") from None
     except json.JSONDecodeError as e: raise InputError(f"{f}: not JSON ({e})") from None
-    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("validation", "test")):
-        raise InputError(f"{f}: a collection's split needs a 'validation' and a 'test' list of query ids")
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) and split[k] for k in ("validation", "test")):
+        raise InputError(f"{f}: a collection's split needs a non-empty 'validation' and 'test' list of query ids")
     halves = {k: [str(q) for q in split[k]] for k in ("validation", "test")}
+    both = sorted(set(halves["validation"]) & set(halves["test"]))
+    if both: raise InputError(f"{f}: {len(both)} query id(s) are in both halves, e.g. '{both[0]}'")
     unknown = sorted(set(halves["validation"] + halves["test"]) - set(qrels))
     if unknown: raise InputError(f"{f}: {len(unknown)} query id(s) are not judged in this collection, e.g. '{unknown[0]}'")
     return halves

@@ -18,8 +18,9 @@ ablation of `bench/cisi_levers.py` and the tables.
 
 Queries come from the documents only and no human judgement is used in training. Mining's `--range_for_sampling`
 and `--round_trip_k` were picked in pilot runs before the split existed, on all 76 queries; every lever since is
-chosen on the validation half (the temperature, also first picked in those pilots, is now measured there too). The
-learning rate, temperature and training length of passages are the demo's offline recipe (`demo_settings`).
+chosen on the validation half. The temperature was also first picked in those pilots (so the test half saw that
+choice once); it has since been measured on the validation half alone. The learning rate, temperature and training
+length of passages are the demo's offline recipe (`demo_settings`), so a change there changes this recipe too.
 """
 from __future__ import annotations
 
@@ -113,15 +114,12 @@ PAIRS = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "ba
 def stage_evaluate(out: Path, a):
     """Every system on CISI's two halves, as `search` serves it. The fusion weight is chosen twice: on the validation
     half's human judgements, and — as a user's archive must, having none — on the held-out documents' synthetic queries."""
-    from archivesrag.corpus import read_jsonl
-    from archivesrag.evaluation import (evaluate_runs, load_glasgow, paired_bootstrap, queries_from_records,
-                                        system_runs, wins_losses)
+    from archivesrag.evaluation import evaluate_runs, load_glasgow, paired_bootstrap, query_split, system_runs, wins_losses
     from archivesrag.models import resolve_embedder
-    from archivesrag.negatives import load_split, select_queries
-    halves = json.loads((Path(__file__).parent / "cisi_query_split.json").read_text())  # the committed halves
+    from cisi_levers import synthetic_held_out
     corpus, queries, qrels = load_glasgow(a.cisi)
-    held = load_split(out / "split.json")["test_ids"]
-    syn_q, syn_qrels, _ = queries_from_records(select_queries(read_jsonl(out / "queries.jsonl"), held), corpus)
+    halves = query_split(Path(__file__).parent / "cisi_query_split.json", qrels)  # the committed halves
+    syn_q, syn_qrels = synthetic_held_out(corpus, out)
     syn_q, syn_qrels = {f"syn:{q}": t for q, t in syn_q.items()}, {f"syn:{q}": j for q, j in syn_qrels.items()}
     human = {q: {d: 1 for d in j} for q, j in qrels.items()}
     systems = {"BM25": "bm25", "base": resolve_embedder("minilm"), "fine-tuned": str(out / "model")}

@@ -11,8 +11,9 @@ Each run prints nDCG@10 and Recall@100 on the 38 validation queries (`bench/cisi
 all figures, test half included, to `bench/cisi_levers_runs.jsonl` (`bench/bench_cisi.py` prints them as the
 validation ablation, each lever against the base model with a paired bootstrap interval). Choose levers on
 validation only. `--reeval NAME` scores an earlier run's model again at the length it is now served at.
-`--each_epoch 1` saves and scores a checkpoint after every epoch, and also on the held-out documents' synthetic
-queries: early stopping as a user's archive can do it, with no judgements.
+`--each_epoch 1` saves and scores a checkpoint after every epoch. Where `make bench` has run, every model is also
+scored on its held-out documents' synthetic queries — what a user's archive, which has no judgements, can see
+(early stopping, the fusion weight).
 """
 from __future__ import annotations
 
@@ -41,10 +42,16 @@ def run_name(args: dict) -> str: return args.get("name") or f"{args['pairs']}_kd
 
 
 def load(cisi: str):
-    from archivesrag.evaluation import load_glasgow
+    from archivesrag.evaluation import load_glasgow, query_split
     corpus, queries, qrels = load_glasgow(cisi)
-    split = json.loads((REPO / "bench" / "cisi_query_split.json").read_text())
-    return corpus, queries, qrels, split
+    return corpus, queries, qrels, query_split(REPO / "bench" / "cisi_query_split.json", qrels)
+
+
+def bench_file(name: str) -> Path:
+    "A file of `make bench`'s run, which the recipe levers and the synthetic queries come from."
+    f = OUT / name
+    if not f.exists(): raise SystemExit(f"{f}: not found; run `make bench` first (its queries, split and mining)")
+    return f
 
 
 def encode(model_path: str, texts: list[str]) -> np.ndarray:
@@ -108,21 +115,22 @@ def mine(pairs, teacher: Teacher, docs: list[str], bodies: list[str], kind_of, a
     return recs
 
 
-def recipe_records(teacher: Teacher, doc_ids: list[str], a) -> list[dict]:
-    "`make bench`'s mined LLM queries; for `--kd 1`, the teacher's scores of the positive and each negative."
+def recipe_records(teacher: Teacher, doc_ids: list[str], a) -> tuple[list[dict], dict]:
+    """`make bench`'s mined LLM queries; for `--kd 1`, the teacher's scores of the positive and each negative.
+    Also what was dropped: negatives the teacher ranks above the positive (`--drop_above_pos 1`)."""
     from archivesrag.corpus import read_jsonl
     recs = [{"query": r["query"], "pos": r["pos"], "neg": r["neg"], "row": r["doc_id"], "neg_rows": r["neg_ids"]}
-            for r in read_jsonl(OUT / "minedHN.jsonl")]
-    if not a.kd: return [{k: r[k] for k in ("query", "pos", "neg")} for r in recs]
+            for r in read_jsonl(bench_file("minedHN.jsonl"))]
+    if not a.kd: return [{k: r[k] for k in ("query", "pos", "neg")} for r in recs], {}
     row = {d: i for i, d in enumerate(doc_ids)}
     _, fused = teacher.scores([r["query"] for r in recs])
-    out = []
+    out, mined = [], sum(len(r["neg"]) for r in recs)
     for n, r in enumerate(recs):
         pos = fused[n, row[r["row"]]]
         negs = [(t, fused[n, row[j]]) for t, j in zip(r["neg"], r["neg_rows"]) if not a.drop_above_pos or fused[n, row[j]] < pos]
         if negs: out.append({"query": r["query"], "pos": r["pos"], "neg": [t for t, _ in negs],
                              "pos_scores": [float(pos) / a.kd_temp], "neg_scores": [float(s) / a.kd_temp for _, s in negs]})
-    return out
+    return out, {"negatives_dropped": mined - sum(len(r["neg"]) for r in out), "negatives_mined": mined}
 
 
 def train(recs: list[dict], out: Path, a) -> Path:
@@ -144,7 +152,7 @@ def train(recs: list[dict], out: Path, a) -> Path:
     metrics = _run_in_process(_argv_from(opts))
     print(f"trained {len(recs)} examples in {time.perf_counter() - t0:.0f} s ({metrics.get('train_samples_per_second')} samples/s)")
     for folder in [model, *sorted(model.glob("checkpoint-*"))]:
-        for f in model.glob("*token*") or []:  # a checkpoint must load like the final model
+        for f in model.glob("*token*"):  # a checkpoint must load like the final model
             if not (folder / f.name).exists(): shutil.copy(f, folder / f.name)
         write_sentence_transformers_files(folder, base, "mean", True, served_length(base, 128), "")
     return model
@@ -156,13 +164,13 @@ def checkpoints(model: Path) -> list[tuple[int, Path]]:
     return [(n, f) for n, f in enumerate(found, 1)]
 
 
-def synthetic_held_out(corpus) -> tuple[dict, dict]:
+def synthetic_held_out(corpus, out: Path = OUT) -> tuple[dict, dict]:
     "The synthetic queries of `make bench`'s held-out documents, each judged by its own document: no human label."
     from archivesrag.corpus import read_jsonl
     from archivesrag.evaluation import queries_from_records
     from archivesrag.negatives import load_split, select_queries
-    held = load_split(OUT / "split.json")["test_ids"]
-    queries, qrels, _ = queries_from_records(select_queries(read_jsonl(OUT / "queries.jsonl"), held), corpus)
+    held = load_split(out / "split.json")["test_ids"]
+    queries, qrels, _ = queries_from_records(select_queries(read_jsonl(out / "queries.jsonl"), held), corpus)
     return queries, qrels
 
 
@@ -201,13 +209,14 @@ def main():
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--batch", type=int, default=32, help="queries per step: each is the others' in-batch negative")
-    p.add_argument("--each_epoch", type=int, default=0, help="1: score a checkpoint after every epoch")
+    p.add_argument("--each_epoch", type=int, default=0, help="1: score a checkpoint after every epoch (a training run)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default=None)
     p.add_argument("--reeval", default=None, metavar="NAME",
                    help="score the model of an earlier run again, served at the base model's length (earlier runs served "
                         "at the 128 tokens training read)")
     a = p.parse_args()
+    if a.each_epoch and (a.pairs == "none" or a.reeval): p.error("--each_epoch 1 scores the checkpoints of a training run")
     a.range = tuple(int(x) for x in a.range.split("-"))
     corpus, queries, qrels, split = load(a.cisi)
     doc_ids = list(corpus["id"])
@@ -231,7 +240,7 @@ def main():
         work = OUT / "levers" / run_name(vars(a))
         work.mkdir(parents=True, exist_ok=True)
         teacher = Teacher(base, docs, base_emb)
-        if a.pairs == "recipe": recs = recipe_records(teacher, doc_ids, a)
+        if a.pairs == "recipe": recs, dropped = recipe_records(teacher, doc_ids, a); info.update(dropped)
         else:
             pairs = make_pairs(a.pairs, corpus, a.seed)
             bodies = list(corpus["text"])
@@ -241,6 +250,7 @@ def main():
         model_path = str(train(recs, work, a))
     bm25 = build_bm25(docs)
     models = checkpoints(Path(model_path)) if getattr(a, "each_epoch", 0) else [(None, Path(model_path))]
+    if not models: raise SystemExit(f"{model_path}: training saved no per-epoch checkpoint")
     for epoch, folder in models:
         served = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
         res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info, "served_tokens": served}
@@ -261,7 +271,7 @@ def bm25_matrix(bm25, texts: list[str], n_docs: int) -> np.ndarray:
 
 
 def score_run(res: dict, model_path: str, corpus, queries, qrels, split, bm25, doc_ids):
-    "Both halves of the judged queries (and, for a checkpoint, the held-out synthetic queries) into `res`."
+    "Both halves of the judged queries (and, where `make bench` has run, its held-out synthetic queries) into `res`."
     for half in ("validation", "test"):
         qids = split[half]
         dense = scores_for(model_path, corpus, queries, qids)
@@ -270,7 +280,7 @@ def score_run(res: dict, model_path: str, corpus, queries, qrels, split, bm25, d
         if half == "validation":  # per query, for each lever's interval against the base model
             res["per_query_validation"] = {"dense": per_query_ndcg(dense, qids, qrels, doc_ids),
                                            "fused": per_query_ndcg(0.5 * minmax(dense) + 0.5 * minmax(lex), qids, qrels, doc_ids)}
-    if "epoch" in res:  # what early stopping can see on a user's archive
+    if (OUT / "split.json").exists():  # what a user's archive can see: early stopping, the fusion weight
         syn_q, syn_qrels = synthetic_held_out(corpus)
         qids = list(syn_q)
         dense = scores_for(model_path, corpus, syn_q, qids)

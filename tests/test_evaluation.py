@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from archivesrag.corpus import InputError, load_sample
-from archivesrag.evaluation import (METRICS, bm25_run, dense_run, evaluate, evaluate_runs, evaluate_systems, find_cisi,
-                                    load_glasgow, queries_from_records, read_glasgow_qrels, read_glasgow_records,
+from archivesrag.evaluation import (METRICS, bm25_run, collection_set, dense_run, evaluate, evaluate_runs, evaluate_systems,
+                                    find_cisi, load_glasgow, queries_from_records, read_glasgow_qrels, read_glasgow_records,
                                     subsample_collection, system_runs, tuning_half)
 from archivesrag.models import bundled_embedder_path
 from archivesrag.negatives import load_split, save_split, select_queries, split_by_document
@@ -244,9 +244,15 @@ def test_collection_with_the_committed_query_split_reports_the_test_half(cisi, t
     bench = json.loads((split.parent / "results" / "cisi" / "bench.json").read_text())
     assert res["dataset"] == "CISI test half" and res["n_queries"] == bench["test"]["n_queries"] == 38
     assert res["systems"]["BM25"]["ndcg@10"] == pytest.approx(bench["test"]["systems"]["BM25"]["ndcg@10"], abs=1e-4)
-    (tmp_path / "bad.json").write_text(json.dumps({"validation": ["2"], "test": ["9999"]}))
-    with pytest.raises(InputError, match=r"bad\.json: 1 query id\(s\) are not judged in this collection, e\.g\. '9999'"):
-        evaluate(collection=f"cisi:{find_cisi()}", split_file=tmp_path / "bad.json", retrieval="bm25", output_dir=tmp_path)
+    halves = json.loads(split.read_text())
+    tuned = collection_set(f"cisi:{find_cisi()}", split_file=split)  # hybrid: validation tunes, test is reported
+    assert tuned.tune == halves["validation"] and set(tuned.qrels) == set(halves["validation"]) | set(halves["test"])
+    for bad, why in [({"validation": ["2"], "test": ["9999"]}, r"1 query id\(s\) are not judged in this collection, e\.g\. '9999'"),
+                     ({"validation": ["2", "3"], "test": ["3"]}, r"1 query id\(s\) are in both halves, e\.g\. '3'"),
+                     ({"validation": ["2"], "test": []}, r"a collection's split needs a non-empty 'validation' and 'test'")]:
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=r"bad\.json: " + why):
+            evaluate(collection=f"cisi:{find_cisi()}", split_file=tmp_path / "bad.json", retrieval="bm25", output_dir=tmp_path)
 
 
 def test_cli_bad_split_is_one_line_exit_2(tmp_path):

@@ -25,7 +25,9 @@ def _replacements() -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: -len(p[0]))  # longest first: site-packages lies inside the checkout's .venv
 
 
-TEMP_DIR = re.compile(re.escape(tempfile.gettempdir()) + r"/(?:tmp|archivesrag-)[\w-]+")  # new on every run
+# new on every run; "…/" is how the package's messages shorten a long path
+TEMP_DIR = re.compile(r"(?:" + re.escape(tempfile.gettempdir()) + r"|…)/(?:tmp|archivesrag-)[\w-]+"
+                      r"|(?<![\w/.])tmp[a-z0-9_]{8}(?=/)")  # or cut to its last parts: tmpab12cd34/model
 
 
 def clean_text(text: str, pairs) -> str:
