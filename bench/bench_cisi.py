@@ -54,7 +54,8 @@ def stage_queries(out: Path, a):
     from archivesrag.corpus import load_corpus
     docs = load_corpus(out / "corpus.jsonl", max_tokens=None, verbose=False)  # whole documents: CISI is judged per document
     summary = generate_queries(docs, out / "queries.jsonl", llm=get_llm("local"),
-                               failures_file=out / "failures.jsonl", limit=a.limit)
+                               failures_file=out / "failures.jsonl", limit=a.limit,
+                               queries_per_passage=a.queries_per_passage)
     dt = time.perf_counter() - t0
     new = sum(1 for _ in open(out / "queries.jsonl")) - before
     return {"summary": summary, "new_queries": new, "seconds_generating": round(dt, 1),
@@ -207,6 +208,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cisi", default=os.environ.get("ARCHIVESRAG_CISI", repo.parent / "shared" / "datasets" / "cisi"))
     p.add_argument("--out", default=repo / "bench" / "results" / "cisi")
     p.add_argument("--limit", type=int, help="generate queries for the first N documents only")
+    p.add_argument("--queries_per_passage", type=int, default=1,
+                   help="queries per document; the second and later are sampled (temperature 0.7), so they differ")
     p.add_argument("--num_train_epochs", type=float, default=1,
                    help="CISI has 4x the demo's training queries: 1 to 3 epochs score the same on validation")
     p.add_argument("--learning_rate", type=float, default=offline["learning_rate"])
