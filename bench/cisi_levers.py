@@ -68,9 +68,8 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 class Teacher:
     "Base MiniLM fused with BM25 (min-max per query over the whole corpus, equal weights): scores any (query, doc)."
-    def __init__(self, base_path: str, docs: list[str], base_emb: np.ndarray):
-        from archivesrag.retrieval import build_bm25
-        self.model_path, self.emb, self.bm25 = base_path, base_emb, build_bm25(docs)
+    def __init__(self, base_path: str, docs: list[str], base_emb: np.ndarray, bm25):
+        self.model_path, self.emb, self.bm25 = base_path, base_emb, bm25
         self.n = len(docs)
 
     def scores(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +225,7 @@ def main():
     base = resolve_embedder("minilm")
     OUT.mkdir(parents=True, exist_ok=True)
     base_emb = encode(base, docs)
+    bm25 = build_bm25(docs)  # one index: the teacher's and the evaluation's
     model_path, info = base, {}
     if a.reeval:  # the same model, served at the base model's length: the run's own args and examples
         model_path = str(OUT / "levers" / a.reeval / "model")
@@ -239,7 +239,7 @@ def main():
     elif a.pairs != "none":
         work = OUT / "levers" / run_name(vars(a))
         work.mkdir(parents=True, exist_ok=True)
-        teacher = Teacher(base, docs, base_emb)
+        teacher = Teacher(base, docs, base_emb, bm25)
         if a.pairs == "recipe": recs, dropped = recipe_records(teacher, doc_ids, a); info.update(dropped)
         else:
             pairs = make_pairs(a.pairs, corpus, a.seed)
@@ -248,7 +248,6 @@ def main():
             recs = mine(pairs, teacher, docs, bodies, lambda pos: "body" if pos in body_set else "doc", a)
         info["examples"] = len(recs)
         model_path = str(train(recs, work, a))
-    bm25 = build_bm25(docs)
     models = checkpoints(Path(model_path)) if getattr(a, "each_epoch", 0) else [(None, Path(model_path))]
     if not models: raise SystemExit(f"{model_path}: training saved no per-epoch checkpoint")
     for epoch, folder in models:
