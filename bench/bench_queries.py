@@ -4,6 +4,11 @@ evaluated from scratch, in one run, on the same cores and passages; then, option
 local OpenAI-compatible server (`python -m llama_cpp.server`) at concurrency 1 and 4.
 
     python bench/bench_queries.py [--n 20] [--max_passage_words 80] [--threads N] [--server]
+    python bench/bench_queries.py --corpus bench/results/cisi/corpus.jsonl --max_passage_words 0 --threads 2
+
+Each local run also prints where its time goes, from llama.cpp's own timers: reading prompts, writing tokens, and
+the rest (grammar-constrained sampling, Python), and so the most that parallel slots, which batch only the writing,
+could gain on the same cores.
 
 `build_messages` puts the fixed part first and the passage last, so consecutive prompts share a ~275-token prefix
 that llama-cpp-python does not evaluate again ("prefix-match hit"). The "no prefix reuse" row is what a layout with
@@ -23,10 +28,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import llama_cpp
+
 os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from archivesrag.corpus import load_sample
+from archivesrag.corpus import load_corpus, load_sample
 from archivesrag.llm import LocalLLM, get_llm
 from archivesrag.models import bundled_gguf_path
 from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, generate_queries
@@ -73,24 +80,55 @@ def run(name, passages, llm, tmp, max_passage_words, **kw):
     return s
 
 
+class PerfCounter:
+    """llama.cpp's own timers, summed over every reply of a run (llama.cpp restarts them for each completion): the
+    time spent reading prompts and writing tokens, so the rest is sampling under the JSON grammar and Python."""
+    def __init__(self, llm):
+        self.read = self.write = 0.0; self.n_read = self.n_write = 0
+        inner = llm._chat_one
+        def timed(messages, **kw):
+            out = inner(messages, **kw)
+            perf = llama_cpp.llama_perf_context(llm._llm._ctx.ctx)
+            self.read += perf.t_p_eval_ms / 1000; self.write += perf.t_eval_ms / 1000
+            self.n_read += perf.n_p_eval; self.n_write += perf.n_eval
+            return out
+        llm._chat_one = timed
+
+    def report(self, seconds: float):
+        """Parallel slots (continuous batching) batch only the writing of several replies on the same cores: prompts
+        are already read in batches, and sampling is per reply. By Amdahl's law, slots can at most speed generation
+        up by seconds / (seconds - writing)."""
+        other = seconds - self.read - self.write
+        print(f"{'  where the time goes':<30} reading prompts {self.read:.1f} s ({self.n_read} tokens, "
+              f"{self.n_read / max(self.read, 1e-9):.0f}/s), writing {self.write:.1f} s ({self.n_write} tokens, "
+              f"{self.n_write / max(self.write, 1e-9):.0f}/s), sampling and the rest {other:.1f} s, of {seconds:.1f} s: "
+              f"parallel slots could give at most {seconds / (seconds - self.write):.2f}x", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=20, help="passages per setting [20]")
-    p.add_argument("--max_passage_words", type=int, default=80, help="words of each passage shown to the model [80]")
+    p.add_argument("--max_passage_words", type=int, default=80, help="words of each passage shown to the model [80; 0: all]")
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="llama.cpp threads")
     p.add_argument("--server", action="store_true", help="also time the openai backend against llama_cpp.server")
+    p.add_argument("--corpus", help="a corpus JSONL to take the passages from, e.g. bench/results/cisi/corpus.jsonl "
+                                    "[the sample archive]")
     a = p.parse_args()
-    ds = load_sample(verbose=False)
+    a.max_passage_words = a.max_passage_words or None  # 0: whole passages
+    ds = load_corpus(a.corpus, max_tokens=None, verbose=False) if a.corpus else load_sample(verbose=False)
     passages = ds.select(range(0, len(ds), max(1, len(ds) // a.n)))[: a.n]
     passages = [dict(zip(passages, v)) for v in zip(*passages.values())]
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {len(passages)} passages, "
-          f"{a.threads} llama.cpp threads, first {a.max_passage_words} words of each passage", flush=True)
+          f"{a.threads} llama.cpp threads, " + (f"first {a.max_passage_words} words of each passage" if a.max_passage_words else "whole passages"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         rates = {}
         for name, cls in [("no prefix reuse (passage first)", ColdLocalLLM), ("prefix first (build_messages)", LocalLLM)]:
             llm = cls(n_threads=a.threads)
             llm._llm.verbose = True  # so that llama-cpp-python reports its prefix-match hits
-            rates[name] = run(name, passages, llm, tmp, a.max_passage_words)["passages_per_s"]
+            perf = PerfCounter(llm)
+            s = run(name, passages, llm, tmp, a.max_passage_words)
+            rates[name] = s["passages_per_s"]
+            perf.report(s["seconds"])
             del llm
         old, new = rates.values()
         print(f"prefix first / no prefix reuse: {new / old:.2f}x documents/s", flush=True)

@@ -11,7 +11,8 @@ Each run prints nDCG@10 and Recall@100 on the 38 validation queries (`bench/cisi
 all figures, test half included, to `bench/cisi_levers_runs.jsonl` (`bench/bench_cisi.py` prints them as the
 validation ablation, each lever against the base model with a paired bootstrap interval). Choose levers on
 validation only. `--reeval NAME` scores an earlier run's model again at the length it is now served at.
-`--each_epoch 1` saves and scores a checkpoint after every epoch. Where `make bench` has run, every model is also
+`--each_epoch 1` saves and scores a checkpoint after every epoch. `--score_model DIR --name NAME` scores a model
+trained elsewhere, e.g. by `bench_cisi.py --out DIR` with other mining flags. Where `make bench` has run, every model is also
 scored on its held-out documents' synthetic queries — what a user's archive, which has no judgements, can see
 (early stopping, the fusion weight).
 """
@@ -142,7 +143,7 @@ def train(recs: list[dict], out: Path, a) -> Path:
     if model.exists(): shutil.rmtree(model)
     opts = dict(model_name_or_path=base, train_data=[str(data)], output_dir=str(model), learning_rate=a.lr,
                 num_train_epochs=a.epochs, per_device_train_batch_size=a.batch, dataloader_drop_last=True,
-                normalize_embeddings=True, temperature=a.temperature, query_max_len=64, passage_max_len=128,
+                normalize_embeddings=True, temperature=a.temperature, query_max_len=64, passage_max_len=a.passage_max_len,
                 train_group_size=a.group, logging_steps=10, query_instruction_for_retrieval="",
                 **({"save_strategy": "epoch"} if a.each_epoch else {"save_steps": 100000}),
                 sentence_pooling_method="mean", report_to="none", seed=a.seed,
@@ -207,6 +208,7 @@ def main():
     p.add_argument("--epochs", type=float, default=1)
     p.add_argument("--lr", type=float, default=3e-5)
     p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--passage_max_len", type=int, default=128, help="tokens of each passage read in training (served at 256)")
     p.add_argument("--batch", type=int, default=32, help="queries per step: each is the others' in-batch negative")
     p.add_argument("--each_epoch", type=int, default=0, help="1: score a checkpoint after every epoch (a training run)")
     p.add_argument("--seed", type=int, default=42)
@@ -214,8 +216,13 @@ def main():
     p.add_argument("--reeval", default=None, metavar="NAME",
                    help="score the model of an earlier run again, served at the base model's length (earlier runs served "
                         "at the 128 tokens training read)")
+    p.add_argument("--score_model", default=None, metavar="DIR",
+                   help="score a model trained elsewhere (e.g. by `bench_cisi.py --out DIR` with other mining flags), "
+                        "labelled --name")
     a = p.parse_args()
     if a.each_epoch and (a.pairs == "none" or a.reeval): p.error("--each_epoch 1 scores the checkpoints of a training run")
+    if a.score_model and not (a.name and (Path(a.score_model) / "sentence_bert_config.json").exists()):
+        p.error("--score_model DIR needs a saved model in DIR and a --name for its row")
     a.range = tuple(int(x) for x in a.range.split("-"))
     corpus, queries, qrels, split = load(a.cisi)
     doc_ids = list(corpus["id"])
@@ -227,7 +234,8 @@ def main():
     base_emb = encode(base, docs)
     bm25 = build_bm25(docs)  # one index: the teacher's and the evaluation's
     model_path, info = base, {}
-    if a.reeval:  # the same model, served at the base model's length: the run's own args and examples
+    if a.score_model: model_path, info["label"] = a.score_model, a.name
+    elif a.reeval:  # the same model, served at the base model's length: the run's own args and examples
         model_path = str(OUT / "levers" / a.reeval / "model")
         cfg = Path(model_path) / "sentence_bert_config.json"
         from archivesrag.training import served_length
@@ -253,6 +261,7 @@ def main():
     for epoch, folder in models:
         served = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
         res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info, "served_tokens": served}
+        if a.score_model: res["args"]["score_model"] = str(Path(a.score_model).resolve().relative_to(REPO))
         if epoch is not None: res["epoch"] = epoch
         res.setdefault("label", lever_name(res))
         score_run(res, str(folder), corpus, queries, qrels, split, bm25, doc_ids)
@@ -296,7 +305,9 @@ def lever_name(run: dict) -> str:
     words = [{"title": "title → body", "ict": "inverse cloze", "both": "title + inverse cloze",
               "recipe": "LLM queries (recipe)"}[a["pairs"]], "distilled" if a["kd"] else "InfoNCE"]
     if a.get("temperature", 0.05) != 0.05: words.append(f"temperature {a['temperature']:g}")
+    if a.get("lr", 3e-5) != 3e-5: words.append(f"learning rate {a['lr']:g}")
     if a["group"] != 2: words.append(f"group {a['group']}")
+    if a.get("passage_max_len", 128) != 128: words.append(f"training reads {a['passage_max_len']} tok")
     if a.get("batch", 32) != 32: words.append(f"batch {a['batch']}")
     if a.get("drop_above_pos"): words.append("teacher-ranked false negatives dropped")
     if run.get("epoch") is not None: words.append(f"epoch {run['epoch']} of {a['epochs']:g}")
