@@ -285,7 +285,19 @@ def write_bench_json(path: Path, steps: dict, a):
     print(f"\nwrote {path}")
 
 
-RECIPE_RUN = "LLM queries (recipe), InfoNCE (256 tok)"  # cisi_levers.py --pairs recipe: make bench's own training
+PLAIN = dict(kd=0, group=2, batch=32, lr=3e-5, temperature=0.05, epochs=1, each_epoch=0, passage_max_len=128)
+
+
+def recipe_reference(runs: list[dict]) -> dict:
+    """Per (mining, seed): the per-query figures of the plain `cisi_levers.py --pairs recipe` run, make bench's own
+    training, the first one recorded. A variant of the schedule is compared with the plain run of its own mining and
+    seed; a model of another mining (`--score_model`) with the 10-100 recipe of seed 42, the mining levers' baseline."""
+    ref = {}
+    for r in runs:
+        a = r["args"]
+        if a["pairs"] == "recipe" and all(a.get(k, v) == v for k, v in PLAIN.items()) and "per_query_validation" in r:
+            ref.setdefault((r.get("recipe_mining", "10-100"), a.get("seed", 42)), r["per_query_validation"])
+    return ref
 
 
 def print_ablation(runs_file: Path):
@@ -293,13 +305,16 @@ def print_ablation(runs_file: Path):
     (w 0.5), and its nDCG@10 difference from the base model with a 95% paired bootstrap interval (where recorded);
     for a per-epoch checkpoint, also the dense nDCG@10 on the held-out documents' synthetic queries (what early
     stopping could see without judgements); for a variant of the recipe's schedule or mining, its dense difference from
-    the recipe itself (seed 42)."""
+    the plain recipe run of the same mining and seed (`recipe_reference`)."""
     from archivesrag.evaluation import paired_bootstrap
     if not runs_file.exists(): return
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()]
     base = next((r["per_query_validation"] for r in reversed(runs) if r["args"]["pairs"] == "none"
                  and not r["args"].get("reeval") and not r["args"].get("score_model") and "per_query_validation" in r), None)
-    recipe = next((r["per_query_validation"] for r in runs if r["label"] == RECIPE_RUN and r["args"]["seed"] == 42), None)
+    recipes = recipe_reference(runs)
+    def against_recipe(r):
+        if r["args"].get("score_model"): return recipes.get(("10-100", 42))
+        return recipes.get((r.get("recipe_mining", "10-100"), r["args"].get("seed", 42))) if r["args"]["pairs"] == "recipe" else None
     def delta(r, kind, against=base):
         if against is None or "per_query_validation" not in r or r["per_query_validation"] is against: return ""
         pq = {q: {"lever": v, "base": against[kind][q]} for q, v in r["per_query_validation"][kind].items()}
@@ -310,7 +325,7 @@ def print_ablation(runs_file: Path):
           f"{'Δ +BM25 vs base+BM25':<26}{'synthetic':<11}{'Δ dense vs the recipe'}")
     for r in runs:
         v = r["validation"]
-        vs_recipe = delta(r, "dense", recipe) if r["args"]["pairs"] == "recipe" or r["args"].get("score_model") else ""
+        vs_recipe = delta(r, "dense", against_recipe(r))
         label = r["label"] + (f", seed {r['args']['seed']}" if r["args"].get("seed", 42) != 42 else "")
         print(f"{label[:71]:<72}{r.get('examples', '—'):>6}{v['w=1.0']['ndcg@10']:>9.3f}{v['w=1.0']['recall@100']:>7.3f}"
               f"{v['w=0.5']['ndcg@10']:>7.3f}  {delta(r, 'dense'):<26}{delta(r, 'fused'):<26}"

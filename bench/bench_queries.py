@@ -81,12 +81,13 @@ def run(name, passages, llm, tmp, max_passage_words, **kw):
 
 
 class PerfCounter:
-    """llama.cpp's own timers, summed over every reply of a run (llama.cpp restarts them for each completion): the
-    time spent reading prompts and writing tokens, so the rest is sampling under the JSON grammar and Python."""
+    """llama.cpp's own timers, reset before each reply and summed over a run: the time spent reading prompts and
+    writing tokens, so the rest is sampling under the JSON grammar and Python."""
     def __init__(self, llm):
         self.read = self.write = 0.0; self.n_read = self.n_write = 0
         inner = llm._chat_one
         def timed(messages, **kw):
+            llama_cpp.llama_perf_context_reset(llm._llm._ctx.ctx)
             out = inner(messages, **kw)
             perf = llama_cpp.llama_perf_context(llm._llm._ctx.ctx)
             self.read += perf.t_p_eval_ms / 1000; self.write += perf.t_eval_ms / 1000

@@ -55,6 +55,17 @@ def bench_file(name: str) -> Path:
     return f
 
 
+def bench_recipe(folder: Path) -> dict:
+    """How `make bench` made the examples in `folder` (its `state.json`): the ranks negatives were mined from and the
+    examples trained on. `--pairs recipe` trains on them, and a run is compared with the recipe run that used the
+    same mining (runs recorded before this was kept used 10-100)."""
+    state = folder / "state.json"
+    steps = json.loads(state.read_text())["steps"] if state.exists() else {}
+    mine, train = steps.get("mine", {}).get("result", {}), steps.get("train", {}).get("result", {})
+    return {k: v for k, v in {"recipe_mining": mine.get("range_for_sampling"),
+                              "examples": train.get("examples")}.items() if v is not None}
+
+
 def encode(model_path: str, texts: list[str]) -> np.ndarray:
     "The package's cached encoder: each model loaded once, each text set encoded once (a changed model re-encodes)."
     from archivesrag.retrieval import encode_cached
@@ -223,6 +234,8 @@ def main():
     if a.each_epoch and (a.pairs == "none" or a.reeval): p.error("--each_epoch 1 scores the checkpoints of a training run")
     if a.score_model and not (a.name and (Path(a.score_model) / "sentence_bert_config.json").exists()):
         p.error("--score_model DIR needs a saved model in DIR and a --name for its row")
+    if a.score_model and (a.pairs != "none" or a.reeval or a.each_epoch):
+        p.error("--score_model scores a model trained elsewhere: leave out --pairs, --reeval and --each_epoch")
     a.range = tuple(int(x) for x in a.range.split("-"))
     corpus, queries, qrels, split = load(a.cisi)
     doc_ids = list(corpus["id"])
@@ -234,7 +247,7 @@ def main():
     base_emb = encode(base, docs)
     bm25 = build_bm25(docs)  # one index: the teacher's and the evaluation's
     model_path, info = base, {}
-    if a.score_model: model_path, info["label"] = a.score_model, a.name
+    if a.score_model: model_path, info = a.score_model, {"label": a.name, **bench_recipe(Path(a.score_model).parent)}
     elif a.reeval:  # the same model, served at the base model's length: the run's own args and examples
         model_path = str(OUT / "levers" / a.reeval / "model")
         cfg = Path(model_path) / "sentence_bert_config.json"
@@ -242,13 +255,16 @@ def main():
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "max_seq_length": served_length(base, 128)}, indent=2))
         runs = [json.loads(line) for line in RUNS.read_text().splitlines()]
         first = next(r for r in runs if run_name(r["args"]) == a.reeval and not r["args"].get("reeval"))
-        a = argparse.Namespace(**{**first["args"], "reeval": a.reeval, "cisi": a.cisi, "range": tuple(first["args"]["range"])})
+        a = argparse.Namespace(**{"score_model": None, **first["args"], "reeval": a.reeval, "cisi": a.cisi,
+                                  "range": tuple(first["args"]["range"])})
         info["examples"] = first.get("examples")
     elif a.pairs != "none":
         work = OUT / "levers" / run_name(vars(a))
         work.mkdir(parents=True, exist_ok=True)
         teacher = Teacher(base, docs, base_emb, bm25)
-        if a.pairs == "recipe": recs, dropped = recipe_records(teacher, doc_ids, a); info.update(dropped)
+        if a.pairs == "recipe":
+            recs, dropped = recipe_records(teacher, doc_ids, a)
+            info.update(dropped, recipe_mining=bench_recipe(OUT)["recipe_mining"])
         else:
             pairs = make_pairs(a.pairs, corpus, a.seed)
             bodies = list(corpus["text"])
@@ -261,7 +277,7 @@ def main():
     for epoch, folder in models:
         served = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
         res = {"args": {k: v for k, v in vars(a).items() if k != "cisi"}, **info, "served_tokens": served}
-        if a.score_model: res["args"]["score_model"] = str(Path(a.score_model).resolve().relative_to(REPO))
+        if a.score_model: res["args"]["score_model"] = os.path.relpath(Path(a.score_model).resolve(), REPO)
         if epoch is not None: res["epoch"] = epoch
         res.setdefault("label", lever_name(res))
         score_run(res, str(folder), corpus, queries, qrels, split, bm25, doc_ids)
@@ -310,6 +326,7 @@ def lever_name(run: dict) -> str:
     if a.get("passage_max_len", 128) != 128: words.append(f"training reads {a['passage_max_len']} tok")
     if a.get("batch", 32) != 32: words.append(f"batch {a['batch']}")
     if a.get("drop_above_pos"): words.append("teacher-ranked false negatives dropped")
+    if run.get("recipe_mining", "10-100") != "10-100": words.append(f"negatives from ranks {run['recipe_mining']}")
     if run.get("epoch") is not None: words.append(f"epoch {run['epoch']} of {a['epochs']:g}")
     elif a["epochs"] != 1: words.append(f"{a['epochs']:g} epochs")
     return ", ".join(words) + f" ({run.get('served_tokens', 256)} tok)"
