@@ -130,9 +130,10 @@ def stage_evaluate(out: Path, a):
     for chooser, tune in (("human validation", {q: human[q] for q in halves["validation"]}), ("synthetic", syn_qrels)):
         runs, fusion = system_runs(corpus, {**queries, **syn_q}, systems, tune_qrels=tune, cache_dir=out / "cache")
         res["fusion_weight"][chooser] = {n: f["weights"] for n, f in fusion.items() if f["method"] == "wsum"}
-        if chooser == "synthetic":  # the served choice, scored on the human test half
-            test = evaluate_runs({q: human[q] for q in halves["test"]}, runs)["systems"]
-            res["test_at_synthetic_weight"] = {n: m for n, m in test.items() if n.endswith("+BM25")}
+        if chooser == "synthetic":  # the served choice, scored on both human halves
+            for half in ("validation", "test"):
+                scored = evaluate_runs({q: human[q] for q in halves[half]}, runs)["systems"]
+                res[f"{half}_at_synthetic_weight"] = {n: m for n, m in scored.items() if n.endswith("+BM25")}
             continue
         scored = {half: evaluate_runs({q: human[q] for q in halves[half]}, runs) for half in ("validation", "test")}
         for half, r in scored.items():
@@ -273,6 +274,7 @@ def write_bench_json(path: Path, steps: dict, a):
     summary = {"recipe": {k: v for k, v in vars(a).items() if k not in ("cisi", "out", "stages")},
                "split": r["split"], "validation": r["validation"], "test": r["test"],
                "fusion_weight": r["fusion_weight"], "test_at_synthetic_weight": r["test_at_synthetic_weight"],
+               "validation_at_synthetic_weight": r.get("validation_at_synthetic_weight"),
                "held_out_synthetic_queries": r["held_out_synthetic_queries"],
                "stages": {n: {"seconds": s["seconds"], "peak_rss_mb": s["peak_rss_mb"]} for n, s in steps.items()}}
     for n in ("queries", "split", "mine", "train", "encoding", "search"):
@@ -363,9 +365,10 @@ def report(results):
                   f"{ci['low']:+.3f} to {ci['high']:+.3f} ({ci['n_queries']} queries)")
         print(f"\nfusion weight chosen on {r['held_out_synthetic_queries']} held-out synthetic queries (what a user's "
               f"archive serves): {w['synthetic']}")
-        for n, m in r["test_at_synthetic_weight"].items():
-            print(f"  test half, {n} at that weight: nDCG@10 {m['ndcg@10']:.3f} (at the human-chosen weight "
-                  f"{t['systems'][n]['ndcg@10']:.3f})")
+        for half in ("validation", "test"):
+            for n, m in r.get(f"{half}_at_synthetic_weight", {}).items():
+                print(f"  {half} half, {n} at that weight: nDCG@10 {m['ndcg@10']:.3f} (at the human-chosen weight "
+                      f"{r[half]['systems'][n]['ndcg@10']:.3f})")
     print(f"\n{'stage':<10}{'seconds':>9}{'peak MB':>9}  figures")
     for name, r in results.items():
         if not isinstance(r, dict) or "seconds" not in r: continue
