@@ -287,21 +287,6 @@ def write_bench_json(path: Path, steps: dict, a):
     print(f"\nwrote {path}")
 
 
-PLAIN = dict(kd=0, group=2, batch=32, lr=3e-5, temperature=0.05, epochs=1, each_epoch=0, passage_max_len=128)
-
-
-def recipe_reference(runs: list[dict]) -> dict:
-    """Per (mining, seed): the per-query figures of the plain `cisi_levers.py --pairs recipe` run, make bench's own
-    training, the first one recorded. A variant of the schedule is compared with the plain run of its own mining and
-    seed; a model of another mining (`--score_model`) with the 10-100 recipe of seed 42, the mining levers' baseline."""
-    ref = {}
-    for r in runs:
-        a = r["args"]
-        if a["pairs"] == "recipe" and all(a.get(k, v) == v for k, v in PLAIN.items()) and "per_query_validation" in r:
-            ref.setdefault((r.get("recipe_mining", "10-100"), a.get("seed", 42)), r["per_query_validation"])
-    return ref
-
-
 def print_ablation(runs_file: Path):
     """The validation ablation of bench/cisi_levers.py: each lever's nDCG@10 and R@100, dense and fused with BM25
     (w 0.5), and its nDCG@10 difference from the base model with a 95% paired bootstrap interval (where recorded);
@@ -309,12 +294,13 @@ def print_ablation(runs_file: Path):
     stopping could see without judgements); for a variant of the recipe's schedule or mining, its dense difference from
     the plain recipe run of the same mining and seed (`recipe_reference`)."""
     from archivesrag.evaluation import paired_bootstrap
+    from cisi_levers import recipe_reference
     if not runs_file.exists(): return
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()]
     base = next((r["per_query_validation"] for r in reversed(runs) if r["args"]["pairs"] == "none"
                  and not r["args"].get("reeval") and not r["args"].get("score_model") and "per_query_validation" in r), None)
     recipes = recipe_reference(runs)
-    def against_recipe(r):
+    def against_recipe(r):  # a model of another mining (--score_model): the mining levers' baseline, 10-100 seed 42
         if r["args"].get("score_model"): return recipes.get(("10-100", 42))
         return recipes.get((r.get("recipe_mining", "10-100"), r["args"].get("seed", 42))) if r["args"]["pairs"] == "recipe" else None
     def delta(r, kind, against=base):

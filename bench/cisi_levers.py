@@ -37,6 +37,8 @@ from archivesrag.retrieval import passage_text, passage_texts
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "cisi"
 RUNS = REPO / "bench" / "cisi_levers_runs.jsonl"  # every run, committed
+SCHEDULE = dict(kd=0, group=2, batch=32, lr=3e-5, temperature=0.05, epochs=1, each_epoch=0, passage_max_len=128)
+"The recipe's training schedule: the flags' defaults; a run's label names what it changes."
 
 
 def run_name(args: dict) -> str: return args.get("name") or f"{args['pairs']}_kd{args['kd']}"
@@ -169,6 +171,17 @@ def train(recs: list[dict], out: Path, a) -> Path:
     return model
 
 
+def recipe_reference(runs: list[dict]) -> dict:
+    """Per (mining, seed): the per-query figures of the first plain `--pairs recipe` run (make bench's own training)
+    recorded. A variant of the schedule is compared with the plain run of its own mining and seed."""
+    ref = {}
+    for r in runs:
+        a = r["args"]
+        if a["pairs"] == "recipe" and all(a.get(k, v) == v for k, v in SCHEDULE.items()) and "per_query_validation" in r:
+            ref.setdefault((r.get("recipe_mining", "10-100"), a.get("seed", 42)), r["per_query_validation"])
+    return ref
+
+
 def checkpoints(model: Path) -> list[tuple[int, Path]]:
     "(epoch, folder) of each per-epoch checkpoint, in order."
     found = sorted(model.glob("checkpoint-*"), key=lambda f: int(f.name.split("-")[1]))
@@ -210,18 +223,18 @@ def main():
     p.add_argument("--pairs", default="none", choices=["none", "title", "ict", "both", "recipe"],
                    help="both: title and inverse-cloze pairs together (two query styles); recipe: make bench's "
                         "mined LLM queries")
-    p.add_argument("--kd", type=int, default=0)
+    p.add_argument("--kd", type=int, default=SCHEDULE["kd"])
     p.add_argument("--kd_temp", type=float, default=0.05, help="teacher scores in [0,1] are divided by this")
     p.add_argument("--drop_above_pos", type=int, default=0)
     p.add_argument("--range", default="10-100")
     p.add_argument("--negatives", type=int, default=7)
-    p.add_argument("--group", type=int, default=2)
-    p.add_argument("--epochs", type=float, default=1)
-    p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--passage_max_len", type=int, default=128, help="tokens of each passage read in training (served at 256)")
-    p.add_argument("--batch", type=int, default=32, help="queries per step: each is the others' in-batch negative")
-    p.add_argument("--each_epoch", type=int, default=0, help="1: score a checkpoint after every epoch (a training run)")
+    p.add_argument("--group", type=int, default=SCHEDULE["group"])
+    p.add_argument("--epochs", type=float, default=SCHEDULE["epochs"])
+    p.add_argument("--lr", type=float, default=SCHEDULE["lr"])
+    p.add_argument("--temperature", type=float, default=SCHEDULE["temperature"])
+    p.add_argument("--passage_max_len", type=int, default=SCHEDULE["passage_max_len"], help="tokens of each passage read in training (served at 256)")
+    p.add_argument("--batch", type=int, default=SCHEDULE["batch"], help="queries per step: each is the others' in-batch negative")
+    p.add_argument("--each_epoch", type=int, default=SCHEDULE["each_epoch"], help="1: score a checkpoint after every epoch (a training run)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--name", default=None)
     p.add_argument("--reeval", default=None, metavar="NAME",
@@ -264,7 +277,7 @@ def main():
         teacher = Teacher(base, docs, base_emb, bm25)
         if a.pairs == "recipe":
             recs, dropped = recipe_records(teacher, doc_ids, a)
-            info.update(dropped, recipe_mining=bench_recipe(OUT)["recipe_mining"])
+            info.update(dropped, **bench_recipe(OUT))  # its mining; its example count is set below
         else:
             pairs = make_pairs(a.pairs, corpus, a.seed)
             bodies = list(corpus["text"])
@@ -320,15 +333,16 @@ def lever_name(run: dict) -> str:
     if a["pairs"] == "none": return "none (base MiniLM)"
     words = [{"title": "title → body", "ict": "inverse cloze", "both": "title + inverse cloze",
               "recipe": "LLM queries (recipe)"}[a["pairs"]], "distilled" if a["kd"] else "InfoNCE"]
-    if a.get("temperature", 0.05) != 0.05: words.append(f"temperature {a['temperature']:g}")
-    if a.get("lr", 3e-5) != 3e-5: words.append(f"learning rate {a['lr']:g}")
-    if a["group"] != 2: words.append(f"group {a['group']}")
-    if a.get("passage_max_len", 128) != 128: words.append(f"training reads {a['passage_max_len']} tok")
-    if a.get("batch", 32) != 32: words.append(f"batch {a['batch']}")
+    changed = lambda k: a.get(k, SCHEDULE[k]) != SCHEDULE[k]  # older runs lack the flags added since
+    if changed("temperature"): words.append(f"temperature {a['temperature']:g}")
+    if changed("lr"): words.append(f"learning rate {a['lr']:g}")
+    if changed("group"): words.append(f"group {a['group']}")
+    if changed("passage_max_len"): words.append(f"training reads {a['passage_max_len']} tok")
+    if changed("batch"): words.append(f"batch {a['batch']}")
     if a.get("drop_above_pos"): words.append("teacher-ranked false negatives dropped")
     if run.get("recipe_mining", "10-100") != "10-100": words.append(f"negatives from ranks {run['recipe_mining']}")
     if run.get("epoch") is not None: words.append(f"epoch {run['epoch']} of {a['epochs']:g}")
-    elif a["epochs"] != 1: words.append(f"{a['epochs']:g} epochs")
+    elif changed("epochs"): words.append(f"{a['epochs']:g} epochs")
     return ", ".join(words) + f" ({run.get('served_tokens', 256)} tok)"
 
 
