@@ -22,10 +22,10 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl', 'check_output_path', 'write_atomic',
-           'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records', 'read_folder_records', 'chunk_text',
-           'load_corpus', 'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages',
-           'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
+__all__ = ['FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl', 'check_output_path', 'check_not_input',
+           'write_atomic', 'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records',
+           'read_folder_records', 'chunk_text', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus',
+           'corpus_fingerprint', 'load_passages', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -105,6 +105,16 @@ def check_output_path(path: str | Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{path}: no permission to write in the folder {parent}; choose another --output_file")
     return path
+
+def check_not_input(out: str | Path, inputs: dict, flag: str = "--output_file") -> Path:
+    "`out` as a `Path`, or an `InputError` if it is (by name, symlink or hard link) one of `inputs` ({flag: path})."
+    out = Path(out)
+    for name, src in inputs.items():
+        if src is None or not isinstance(src, (str, Path)) or not Path(src).exists() or not out.exists(): continue
+        if os.path.samefile(src, out):  # same inode: catches symlinks and hard links, not only equal names
+            raise InputError(f"{out}: {flag} is the {name} file ({src}); an input is never written over, "
+                             "so choose another path")
+    return out
 
 def write_atomic(path: str | Path, data: str | bytes | Iterable[str]) -> Path:
     "Write `data` (text, bytes, or an iterable of text pieces) to `path` atomically: the old file or the new, never half."
