@@ -22,10 +22,11 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl', 'check_output_path', 'check_not_input',
-           'write_atomic', 'write_jsonl', 'append_jsonl', 'normalize_records', 'read_csv_records',
-           'read_folder_records', 'chunk_text', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus',
-           'corpus_fingerprint', 'load_passages', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
+__all__ = ['MAX_DOCUMENT_CHARS', 'FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl',
+           'check_output_path', 'check_not_input', 'write_atomic', 'write_jsonl', 'append_jsonl', 'normalize_records',
+           'read_csv_records', 'read_folder_records', 'check_chunking', 'chunk_text', 'load_corpus', 'sample_path',
+           'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages', 'plot_passage_lengths',
+           'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -37,6 +38,8 @@ def _open_text(path: Path) -> list[str]:
     path = Path(path)
     if not path.exists(): raise InputError(f"{path}: no such file")
     if path.is_dir(): raise InputError(f"{path}: is a folder, expected a file")
+    if not path.is_file():  # a FIFO or a device: reading it waits for a writer that may never come
+        raise InputError(f"{path}: not a regular file (a pipe, socket or device); save the data to a file first")
     try: raw = path.read_bytes()
     except OSError as e: raise InputError(f"{path}: cannot read the file ({e.strerror}); check its permissions") from None
     if not raw.strip(): raise InputError(f"{path}: the file is empty")
@@ -95,6 +98,8 @@ def check_output_path(path: str | Path) -> Path:
     "`path` as a `Path` if a file can be written there (its folder is created), else an `InputError` saying why."
     path = Path(path)
     if path.is_dir(): raise InputError(f"{path}: is a folder; give a file name, e.g. {path / 'out.jsonl'}")
+    if path.exists() and not path.is_file():  # appending to a FIFO blocks; replacing a device node breaks the system
+        raise InputError(f"{path}: not a regular file (a pipe, socket or device); give the name of a file")
     parent = path.parent
     for p in (parent, *parent.parents):  # the nearest existing ancestor must be a folder
         if p.exists():
@@ -162,6 +167,14 @@ def _id_str(v, where: str) -> str:
         raise InputError(f"{where}: an id must be a string or a number, got {type(v).__name__} {json.dumps(v)[:40]}")
     return str(v)
 
+MAX_DOCUMENT_CHARS = 5_000_000
+"The longest text one record may hold (about 2,000 pages): chunking it takes ~150 bytes of memory per character."
+
+def _check_size(text: str, where: str) -> None:
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise InputError(f"{where}: the text is {len(text):,} characters, over the limit of {MAX_DOCUMENT_CHARS:,} "
+                         "for one document; split it into several records (e.g. one per chapter or page)")
+
 def normalize_records(records: list[dict], source: str | Path, text_field: str = "text",
                       id_field: str | None = None) -> tuple[list[dict], dict]:
     "Turn raw records into documents `{doc_id, title, text, **metadata}`; returns `(documents, report)`."
@@ -174,6 +187,7 @@ def normalize_records(records: list[dict], source: str | Path, text_field: str =
         text = r[text_field]
         if not isinstance(text, str): raise InputError(f"{where}: '{text_field}' must be a string, got {type(text).__name__}")
         _no_lone_surrogate(text, where)
+        _check_size(text, where)
         if not text.strip(): report["skipped_empty_text"] += 1; continue
         key = id_field or next((k for k in ("doc_id", "id", "docid", "_id") if k in r), None)
         doc_id = _id_str(r[key], where) if key and r.get(key) not in (None, "") else f"{source.stem}-{line}"
@@ -191,13 +205,18 @@ def read_csv_records(path: str | Path) -> list[dict]:
     "Rows of a CSV file as dicts, with `_line` (the header is line 1)."
     path = Path(path)
     text = "\n".join(_open_text(path))
-    rows, reader = [], csv.DictReader(io.StringIO(text))
+    # strict: an unclosed quote is an error, not a field that swallows every row after it
+    rows, reader = [], csv.DictReader(io.StringIO(text), strict=True)
+    start = 2  # the line the record being read starts on: where its bad quote is
     try:
         for row in reader:
             i = reader.line_num
             if None in row: raise InputError(f"{path}:{i}: more fields than the header has")
             rows.append({**row, "_line": i})
-    except csv.Error as e: raise InputError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+            start = i + 1
+    except csv.Error as e:
+        hint = "; a quoted field is never closed" if "end of data" in str(e) else ""
+        raise InputError(f"{path}:{start}: malformed CSV ({e}{hint}); check the quotes of this record") from None
     if not rows: raise InputError(f"{path}: the file has no records")
     return rows
 
@@ -239,9 +258,19 @@ def read_folder_records(folder: str | Path) -> tuple[list[dict], dict]:
     return records, dict(report)
 
 # %% ../nbs/00_corpus.ipynb #c023
+def check_chunking(max_tokens: int | None, overlap: int) -> None:
+    "An `InputError` naming the flag unless `max_tokens` >= 0 (0 or None: no chunking) and 0 <= `overlap` < `max_tokens`."
+    if max_tokens is not None and max_tokens < 0:
+        raise InputError(f"--max_tokens must be 0 (no chunking) or more, not {max_tokens}")
+    if overlap < 0:  # the window would step past tokens that no passage then holds
+        raise InputError(f"--overlap must be 0 or more, not {overlap}")
+    if max_tokens and overlap >= max_tokens:
+        raise InputError(f"--overlap ({overlap}) must be smaller than --max_tokens ({max_tokens})")
+
 def chunk_text(text: str, tokenizer, max_tokens: int = 256, overlap: int = 32) -> list[str]:
     "Split `text` into windows of at most `max_tokens` tokens of `tokenizer`, overlapping by `overlap` tokens."
-    if overlap >= max_tokens: raise InputError(f"overlap ({overlap}) must be smaller than max_tokens ({max_tokens})")
+    check_chunking(max_tokens, overlap)
+    if not max_tokens: return [text]
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = enc["offset_mapping"]
     if len(offsets) <= max_tokens: return [text]
@@ -265,6 +294,7 @@ def load_corpus(path: str | Path, max_tokens: int | None = 256, overlap: int = 3
                 text_field: str = "text", id_field: str | None = None, verbose: bool = True):
     "Load a JSONL/CSV file or a folder into a `datasets.Dataset` of passages: `id, doc_id, title, text, chunk, **metadata`."
     from datasets import Dataset
+    check_chunking(max_tokens, overlap)
     path = Path(path)
     if not path.exists(): raise InputError(f"{path}: no such file or folder")
     records, report = _records_from(path)
@@ -387,10 +417,11 @@ def corpus_cli(
     input_file: str = None,         # JSONL/CSV file or folder of .txt/.md/.pdf (default: the bundled sample archive)
     output_file: str = "corpus.jsonl",  # where to write the passages (JSONL)
     max_tokens: int = 256,          # passage size in the embedder's tokens (0: no chunking)
-    overlap: int = 32,              # tokens shared by consecutive passages
+    overlap: int = 32,              # tokens shared by consecutive passages (0 or more, less than --max_tokens)
     text_field: str = "text",       # name of the text field in JSONL/CSV input
 ) -> int:
     "Load a JSONL/CSV file or a folder into passages and write corpus.jsonl."
+    check_chunking(max_tokens, overlap)  # before the output folder is made
     out = check_output_path(output_file)
     src = Path(input_file) if input_file else sample_path()
     if src.exists() and src.resolve() == out.resolve():

@@ -7,7 +7,10 @@ Docs: https://archivesrag.github.io/archivesrag/llm.html.md"""
 # %% ../nbs/00b_llm.ipynb #c005
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
+import numbers
 import os
 import re
 import threading
@@ -22,8 +25,9 @@ from .corpus import InputError
 from .models import FULL_MODELS, bundled_gguf_path, is_offline
 
 # %% auto #0
-__all__ = ['LLM_THREADS_ENV', 'PRICES_PER_MTOK', 'BACKENDS', 'ChatReply', 'cut_reply', 'scrub', 'LLM', 'extract_json',
-           'llm_threads', 'LocalLLM', 'OpenAILLM', 'VLLMLLM', 'default_backend', 'get_llm']
+__all__ = ['LLM_THREADS_ENV', 'PRICES_PER_MTOK', 'BACKENDS', 'BACKEND_PACKAGES', 'ChatReply', 'cut_reply', 'scrub',
+           'check_max_tokens', 'LLM', 'extract_json', 'llm_threads', 'LocalLLM', 'OpenAILLM', 'VLLMLLM',
+           'default_backend', 'check_llm_settings', 'get_llm']
 
 # %% ../nbs/00b_llm.ipynb #c008
 @dataclass
@@ -45,13 +49,21 @@ def cut_reply(reply: ChatReply, max_tokens: int) -> ChatReply:
     return reply
 
 # %% ../nbs/00b_llm.ipynb #c010
-_SECRET_RE = re.compile(r"sk-[A-Za-z0-9_\-]{8,}")
+_SECRET_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")  # \b: the "sk-assessment" in "risk-assessment" is not a key
 
 def scrub(text: str) -> str:
     "Remove anything that looks like an API key (and the current `OPENAI_API_KEY`) from `text` before it is shown or saved."
     key = os.environ.get("OPENAI_API_KEY")
-    if key and len(key) >= 4: text = text.replace(key, "***")
+    # a key under 8 characters is a placeholder a local server ignores ("none", "EMPTY"), not a secret, and
+    # replacing it would mangle ordinary words in every reply
+    if key and len(key) >= 8: text = text.replace(key, "***")
     return _SECRET_RE.sub("sk-***", text)
+
+def check_max_tokens(max_tokens) -> int:
+    "`max_tokens` if it is a whole number >= 1, else an `InputError` (llama.cpp reads a negative limit as none at all)."
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 1:  # numpy ints too
+        raise InputError(f"max_tokens must be a whole number of at least 1, not {max_tokens!r}")
+    return max_tokens
 
 class LLM:
     "A chat model behind one interface; subclasses implement `_chat_one` (or `chat`) and `count_tokens`."
@@ -73,6 +85,9 @@ class LLM:
     def count_tokens(self, text: str) -> int: return max(1, len(text) // 4)
 
     def _record(self, r: ChatReply) -> ChatReply:
+        "Count `r` in `usage` and scrub the API key from it: every reply of every backend passes here, once."
+        r.text = scrub(r.text or "")  # a server may echo the key in a reply that succeeds, not only in an error
+        if r.error: r.error = scrub(r.error)
         with self._lock:
             self._usage["requests"] += 1
             self._usage["errors"] += r.error is not None
@@ -92,6 +107,7 @@ class LLM:
              top_p: float | None = None, stop: list[str] | None = None,
              repeat_penalty: float | None = None) -> list[ChatReply]:
         "One `ChatReply` per conversation, in order; failures (a reply cut by `max_tokens` too) come back with `error` set."
+        check_max_tokens(max_tokens)
         kw = dict(max_tokens=max_tokens, temperature=temperature, json_schema=json_schema, seed=seed, top_p=top_p,
                   stop=stop, repeat_penalty=repeat_penalty)
         bar = tqdm(total=len(conversations), desc=f"chat ({self.name})", disable=not progress)
@@ -170,6 +186,14 @@ class LocalLLM(LLM):
                          prompt_tokens=u.get("prompt_tokens", 0), completion_tokens=u.get("completion_tokens", 0))
 
 # %% ../nbs/00b_llm.ipynb #c017
+def _check_timeout(timeout) -> None:
+    if timeout is None or not math.isfinite(float(timeout)) or float(timeout) <= 0:  # nan passes a `<= 0` test
+        raise InputError(f"--timeout must be a positive number of seconds, not {timeout}")
+
+def _check_concurrency(concurrency) -> None:
+    if isinstance(concurrency, bool) or int(concurrency) != concurrency or concurrency < 1:  # -3 ran as 1, unsaid
+        raise InputError(f"--concurrency must be a whole number of at least 1, not {concurrency}")
+
 PRICES_PER_MTOK = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00),
                    "gpt-4.1-mini": (0.40, 1.60)}
 "USD per million (prompt, completion) tokens, list prices when written; used only for the printed estimate."
@@ -183,13 +207,13 @@ class OpenAILLM(LLM):
         key = os.environ.get("OPENAI_API_KEY")
         if not key and not base_url:
             raise InputError("the openai backend needs OPENAI_API_KEY in the environment (or --base_url for a local server)")
-        if timeout is None or float(timeout) <= 0: raise InputError(f"timeout must be a positive number of seconds, not {timeout}")
+        _check_timeout(timeout); _check_concurrency(concurrency)
         if int(max_retries) < 0: raise InputError(f"max_retries must be 0 or more, not {max_retries}")
         self.model = model or FULL_MODELS["query_llm"]
         self.base_url, self.max_retries, self.timeout = base_url, int(max_retries), float(timeout)
         self.client = OpenAI(api_key=key or "not-needed", base_url=base_url, max_retries=self.max_retries,
                              timeout=self.timeout, **kwargs)
-        self.concurrency = max(1, int(concurrency))
+        self.concurrency = int(concurrency)
         self._format = 0  # index into _FORMATS: the first structured-output dialect the server accepted
         self._context_window = context_window
         self.name = f"openai:{self.model}" + (f"@{base_url}" if base_url else "")
@@ -301,6 +325,7 @@ class VLLMLLM(LLM):
 
     def chat(self, conversations, max_tokens=256, temperature=0.0, json_schema=None, seed=None, progress=False,
              top_p=None, stop=None, repeat_penalty=None):
+        check_max_tokens(max_tokens)
         params = self._params(max_tokens, temperature, json_schema, seed, top_p, stop, repeat_penalty)
         replies, prompts, idx = [None] * len(conversations), [], []
         for i, msgs in enumerate(conversations):
@@ -323,18 +348,41 @@ class VLLMLLM(LLM):
 # %% ../nbs/00b_llm.ipynb #c021
 BACKENDS = {"openai": OpenAILLM, "vllm": VLLMLLM, "local": LocalLLM}
 
+BACKEND_PACKAGES = {"local": ("llama_cpp", "pip install llama-cpp-python"),
+                    "vllm": ("vllm", "pip install vllm, on a CUDA GPU, in an environment of its own (vLLM brings its "
+                             "own torch and transformers 5)")}
+"The package each in-process backend imports, and how to install it (the openai client is a dependency)."
+
 def default_backend(base_url: str | None = None) -> str:
     "'openai' when OPENAI_API_KEY is set or a base_url is given, else 'local'."
     return "openai" if (os.environ.get("OPENAI_API_KEY") or base_url) else "local"
 
+def check_llm_settings(backend: str | None = None, model: str | None = None, base_url: str | None = None,
+                       concurrency: int = 4, timeout: float | None = None) -> str:
+    "The backend's name once every setting is checked: one `InputError` naming the flag, before any model loads."
+    backend = (backend or default_backend(base_url)).lower()
+    if backend not in BACKENDS: raise InputError(f"unknown LLM backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    if model is not None and not str(model).strip():  # "" silently meant the default model
+        raise InputError("--model is empty: give a model name (or a GGUF path), or leave the flag out for the default")
+    if base_url is not None and not re.match(r"https?://\S", base_url):
+        raise InputError(f"--base_url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1, not {base_url!r}")
+    if backend != "openai" and base_url:
+        raise InputError(f"--base_url is for the openai backend (any OpenAI-compatible server), not '{backend}'")
+    if backend != "openai" and timeout is not None:
+        raise InputError(f"--timeout is for the openai backend (a server), not '{backend}'")
+    if timeout is not None: _check_timeout(timeout)
+    _check_concurrency(concurrency)
+    package, how = BACKEND_PACKAGES.get(backend, (None, None))
+    if package and importlib.util.find_spec(package) is None:
+        raise InputError(f"the {backend} backend needs the {package} package, which is not installed: {how}; "
+                         "or choose another --backend")
+    return backend
+
 def get_llm(backend: str | None = None, model: str | None = None, base_url: str | None = None,
             concurrency: int = 4, timeout: float | None = None, **kwargs) -> LLM:
     "An `LLM` for `backend` ('openai', 'vllm' or 'local'; None picks one, see `default_backend`)."
-    backend = (backend or default_backend(base_url)).lower()
-    if backend not in BACKENDS: raise InputError(f"unknown LLM backend '{backend}' (choose from {', '.join(BACKENDS)})")
+    backend = check_llm_settings(backend, model, base_url, concurrency, timeout)
     if backend == "openai":
         if timeout is not None: kwargs["timeout"] = timeout  # seconds per request
         return OpenAILLM(model=model, base_url=base_url, concurrency=concurrency, **kwargs)
-    if base_url: raise InputError(f"--base_url is for the openai backend (any OpenAI-compatible server), not '{backend}'")
-    if timeout is not None: raise InputError(f"--timeout is for the openai backend (a server), not '{backend}'")
     return BACKENDS[backend](model=model, **kwargs)

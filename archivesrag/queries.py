@@ -15,18 +15,19 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 from tqdm.auto import tqdm
 
 from .corpus import InputError, append_jsonl, check_output_path, load_passages, read_jsonl, read_text, write_jsonl
-from .llm import LLM, OpenAILLM, extract_json, get_llm, scrub
+from .llm import LLM, OpenAILLM, check_llm_settings, extract_json, get_llm, scrub
 
 # %% auto #0
-__all__ = ['QUERY_PROMPT', 'QUERY_SCHEMA', 'FEW_SHOT_PROMPT', 'FEW_SHOT_EXAMPLES', 'META', 'copy_score', 'build_messages',
-           'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'generate_queries', 'sample_queries_path',
-           'load_sample_queries', 'plot_query_lengths', 'plot_copy_scores', 'gen_query_cli']
+__all__ = ['QUERY_PROMPT', 'QUERY_SCHEMA', 'FEW_SHOT_PROMPT', 'FEW_SHOT_EXAMPLES', 'RECORD_KEYS', 'META', 'copy_score',
+           'build_messages', 'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'generate_queries',
+           'sample_queries_path', 'load_sample_queries', 'plot_query_lengths', 'plot_copy_scores', 'gen_query_cli']
 
 # %% ../nbs/01_queries.ipynb #c008
 QUERY_PROMPT = """You are a smart and helpful assistant.
@@ -77,6 +78,7 @@ FEW_SHOT_EXAMPLES = [
 
 def build_messages(text: str, prompt: str = QUERY_PROMPT, examples: list[tuple[str, str]] | None = None) -> list[dict]:
     "Chat messages asking for a query for `text`: `prompt` as system message (or, if it contains `{text}`, as the user message with the passage in place), then the few-shot `examples` as turns."
+    if not isinstance(text, str): raise InputError(f"the passage 'text' must be a string, not {type(text).__name__}")
     def user(t): return {"role": "user", "content": prompt.replace("{text}", t) if "{text}" in prompt else t}
     msgs = [] if "{text}" in prompt else [{"role": "system", "content": prompt}]
     for p, q in examples or []:
@@ -111,6 +113,9 @@ class QueryFilter:
     "Quality filters with counts: too short, copies of the passage or of a prompt example, exact and near duplicates."
     def __init__(self, min_words: int = 4, max_copy: float = 0.6, near_dup: float = 0.8, example_overlap: float = 0.5,
                  examples: list[str] = ()):
+        if min_words < 0: raise InputError(f"--min_words must be 0 or more, not {min_words}")
+        for flag, v in (("--max_copy", max_copy), ("near_dup", near_dup), ("example_overlap", example_overlap)):
+            if not 0 <= v <= 1: raise InputError(f"{flag} must be between 0 and 1, not {v}")  # nan fails this too
         self.min_words, self.max_copy, self.near_dup, self.example_overlap = min_words, max_copy, near_dup, example_overlap
         self.counts = Counter()
         self._exact, self._sets, self._index, self._df = set(), [], {}, Counter()
@@ -156,8 +161,17 @@ class QueryFilter:
 def _jaccard(a: frozenset, b: frozenset) -> float: return len(a & b) / len(a | b) if a | b else 0.0
 
 # %% ../nbs/01_queries.ipynb #c027
+RECORD_KEYS = {"queries": ("id", "query", "positive"), "failures": ("id", "reason")}
+"The keys every record of gen-query's output and failures files has: an existing file whose records lack them is not ours."
+_FLAGS = {"queries": "--output_file", "failures": "--failures_file"}
+
+def _not_ours(path: Path, i: int, what: str, why: str) -> InputError:
+    # a rerun appends to, cuts and rewrites these files: done to a corpus or any other file, that destroys it
+    return InputError(f"{path}:{i}: {why}, so this is not a {what} file of gen-query; it is left as it is: "
+                      f"choose another {_FLAGS[what]}")
+
 def _read_done(path: Path, what: str) -> list[dict]:
-    "Records of an existing JSONL output; a partial last line (a killed run) is cut off; a bad line elsewhere is an error."
+    "Records of an earlier run's `what` ('queries' or 'failures') file; a partial last line (a killed run) is cut off; any other file is refused, untouched."
     if not path.exists() or path.stat().st_size == 0: return []
     raw = path.read_bytes()
     lines = raw.split(b"\n")
@@ -165,13 +179,15 @@ def _read_done(path: Path, what: str) -> list[dict]:
     for i, line in enumerate(lines, 1):
         if not line.strip(): good_end += len(line) + 1; continue
         try: rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines):  # text after the last newline: a write cut short by a kill
+        except (ValueError, RecursionError):  # (bad UTF-8 is a ValueError too)
+            if i == len(lines) and (records or line.startswith(b'{"id": ')):  # a write of ours cut short by a kill
                 print(f"{path}: cut off a partial last line left by an interrupted run")
                 with open(path, "r+b") as fh: fh.truncate(good_end)
                 return records
+            if not records: raise _not_ours(path, i, what, "not JSON") from None
             raise InputError(f"{path}:{i}: malformed JSON in the {what} file; fix or delete that line") from None
-        if not isinstance(rec, dict) or "id" not in rec: raise InputError(f"{path}:{i}: not a {what} record (no 'id')")
+        missing = [k for k in RECORD_KEYS[what] if not isinstance(rec, dict) or k not in rec]
+        if missing: raise _not_ours(path, i, what, f"the record has no {', '.join(map(repr, missing))}")
         records.append(rec)
         good_end += len(line) + 1
     if not raw.endswith(b"\n"):  # a complete JSON line without its newline: add it so the next append starts clean
@@ -192,6 +208,12 @@ class Sampling:
     max_passage_words: int | None = None  # show the model only the first N words (`positive` keeps the whole passage)
     batch_size: int | None = None         # passages per round of requests [max(8, 4 x the backend's concurrency)]
 
+    def __post_init__(self):  # out of range, each was used silently: -5 words cut the passage's end, -5 tokens meant no limit
+        for flag, v, low in (("--max_tokens", self.max_tokens, 1), ("retries", self.retries, 0),
+                             ("--max_passage_words", self.max_passage_words, 1), ("batch_size", self.batch_size, 1)):
+            if v is not None and v < low: raise InputError(f"{flag} must be at least {low}, not {v}")
+        if not 0 <= self.temperature <= 2: raise InputError(f"--temperature must be between 0 and 2, not {self.temperature}")
+
     def temperature_for(self, k: int, attempt: int) -> float:
         "The k-th query of a passage and every retry: some temperature, so that it differs from the first."
         return self.temperature if k == 0 and attempt == 0 else max(self.temperature, 0.7)
@@ -204,14 +226,15 @@ def _clip(text: str, max_words: int | None) -> str:
 
 # %% ../nbs/01_queries.ipynb #c029d
 def _same_file(a, b) -> bool:
-    return isinstance(a, (str, Path)) and Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+    "Are `a` and `b` one existing file, by name, symlink or hard link?"
+    return isinstance(a, (str, Path)) and Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
 
 def _query_files(source, output_file, failures_file=None) -> tuple[Path, Path]:
     "Checked `(output, failures)` paths: writable, and neither is the input nor each other."
     out = check_output_path(output_file)
     fail = check_output_path(failures_file or out.with_name(out.stem + ".failures.jsonl"))
     if _same_file(source, out): raise InputError(f"{out}: --output_file is the input file; write the queries to another file")
-    if _same_file(source, fail) or fail.resolve() == out.resolve():
+    if _same_file(source, fail) or _same_file(fail, out) or fail.resolve() == out.resolve():
         raise InputError(f"{fail}: --failures_file must differ from --input_file and --output_file")
     return out, fail
 
@@ -220,7 +243,8 @@ def _output_lock(path: Path):
     "Hold an exclusive lock on `<path>.lock` while writing `path`; a second holder gets an `InputError` at once."
     try: import fcntl
     except ImportError: yield; return  # not POSIX (Windows): no lock
-    lock = path.with_name(path.name + ".lock")
+    real = Path(os.path.realpath(path))  # a second writer through a symlink must meet the same lock
+    lock = real.with_name(real.name + ".lock")
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,15 +262,15 @@ def _output_lock(path: Path):
         os.close(fd)
 
 # %% ../nbs/01_queries.ipynb #c029g
-def _plan(passages: list[dict], out: Path, fail: Path, n: int, qfilter: QueryFilter) -> tuple[list, int, int]:
-    "`(todo, skipped, retrying)`: the (passage, k) pairs to ask for, passages already done, and earlier failures retried."
+def _plan(passages: list[dict], done: list[dict], failed_before: list[dict], fail: Path, n: int,
+          qfilter: QueryFilter) -> tuple[list, int, int]:
+    "`(todo, skipped, retrying)`: the (passage, k) pairs to ask for, passages already `done`, and earlier failures retried."
     have = Counter()
-    for r in _read_done(out, "queries"):
+    for r in done:
         have[str(r["id"])] += 1
         if isinstance(r.get("query"), str): qfilter.add(r["query"])
     todo = [(p, k) for p in passages for k in range(have[p["id"]], n)]
     todo_ids = {p["id"] for p, _ in todo}
-    failed_before = _read_done(fail, "failures")
     kept = [r for r in failed_before if str(r["id"]) not in todo_ids]
     if len(kept) < len(failed_before): write_jsonl(kept, fail)  # these passages are tried again now
     retrying = len({str(r["id"]) for r in failed_before} & todo_ids)
@@ -314,22 +338,25 @@ def _fmt_summary(s: dict) -> str:
     return line
 
 # %% ../nbs/01_queries.ipynb #c029
-def generate_queries(corpus_or_path, output_file: str | Path, llm: LLM | None = None, queries_per_passage: int = 1,
+def generate_queries(corpus_or_path, output_file: str | Path, llm: LLM | Callable[[], LLM] | None = None, queries_per_passage: int = 1,
                      failures_file: str | Path | None = None, prompt: str | None = None, examples: list | None = None,
                      limit: int | None = None, sampling: Sampling | None = None, qfilter: QueryFilter | None = None,
                      progress: bool = True, verbose: bool = True, **sampling_kw) -> dict:
     "Write `queries_per_passage` queries per passage to `output_file` (JSONL, appended, resumable); returns a summary."
     t0 = time.time()
     s = sampling or Sampling(**sampling_kw)
+    if queries_per_passage < 1: raise InputError(f"--queries_per_passage must be at least 1, not {queries_per_passage}")
     passages = list(load_passages(corpus_or_path, limit))
     out_path, fail_path = _query_files(corpus_or_path, output_file, failures_file)
     with _output_lock(out_path):
-        llm = llm or get_llm()
+        done, failed_before = _read_done(out_path, "queries"), _read_done(fail_path, "failures")
+        # a function makes the LLM only now, once the files are checked: loading a model can take minutes
+        llm = llm() if callable(llm) and not hasattr(llm, "chat") else llm or get_llm()
         if prompt is None: prompt, examples = default_prompt(llm) if examples is None else (QUERY_PROMPT, examples)
         examples = examples or []
         qfilter = qfilter or QueryFilter()
         qfilter.set_examples([q for _, q in examples])
-        todo, skipped, retrying = _plan(passages, out_path, fail_path, max(1, int(queries_per_passage)), qfilter)
+        todo, skipped, retrying = _plan(passages, done, failed_before, fail_path, queries_per_passage, qfilter)
         stats, bs = Counter(), s.batch_size or max(8, 4 * getattr(llm, "concurrency", 1))
         bar = tqdm(total=len(todo), desc="queries", disable=not progress or not todo)
         with open(out_path, "a", encoding="utf-8") as out, open(fail_path, "a", encoding="utf-8") as fail:
@@ -394,13 +421,13 @@ def gen_query_cli(
     backend: Annotated[str, {"choices": ["openai", "vllm", "local"]}] = None,  # openai (api.openai.com or --base_url), vllm (GPU) or local (llama.cpp, bundled SmolLM2); default: openai if OPENAI_API_KEY is set or --base_url is given, else local
     model: str = None,              # model name (openai: gpt-4o; vllm: a Hub id) or GGUF path (local)
     base_url: str = None,           # an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
-    concurrency: int = 4,           # parallel requests (openai backend)
+    concurrency: int = 4,           # parallel requests (openai backend; at least 1)
     timeout: float = None,          # seconds to wait for one reply before it counts as failed (openai backend)
-    queries_per_passage: int = 1,   # queries per passage
+    queries_per_passage: int = 1,   # queries per passage (at least 1)
     prompt_file: str = None,        # a UTF-8 prompt file: the system message, or a template with {text}; default: the original recipe's prompt (few-shot for the local backend)
     failures_file: str = None,      # where failed/filtered passages go, with the reason and the raw reply [<output>.failures.jsonl]
     limit: int = None,              # only the first N passages (N >= 1)
-    max_tokens: int = 96,           # max tokens per reply (a cut reply is retried once with twice as many)
+    max_tokens: int = 96,           # max tokens per reply, at least 1 (a cut reply is retried once with twice as many)
     temperature: float = 0.0,       # sampling temperature of the first query
     seed: int = 0,                  # sampling seed
     max_passage_words: int = None,  # show the LLM only the first N words of each passage (faster on a CPU; `positive` keeps the whole passage)
@@ -410,14 +437,16 @@ def gen_query_cli(
 ) -> int:
     "Write a search query for every passage with an LLM. Appends to --output_file and resumes: rerun the same command after a crash or Ctrl-C. The OpenAI key is read from OPENAI_API_KEY only."
     if limit is not None and limit < 1: raise InputError(f"--limit must be at least 1 (got {limit}); leave it out for all passages")
+    if queries_per_passage < 1: raise InputError(f"--queries_per_passage must be at least 1, not {queries_per_passage}")
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed, max_passage_words=max_passage_words)
+    qfilter = QueryFilter(min_words=min_words, max_copy=max_copy)
+    check_llm_settings(backend, model, base_url, concurrency, timeout)
     prompt = read_text(prompt_file) if prompt_file else None
     llm_kw = {"timeout": timeout} if timeout is not None else {}  # only when given: not every backend takes one
-    llm = get_llm(backend, model=model, base_url=base_url, concurrency=concurrency, **llm_kw)
-    s = generate_queries(input_file, output_file, llm=llm, queries_per_passage=queries_per_passage,
+    make_llm = partial(get_llm, backend, model=model, base_url=base_url, concurrency=concurrency, **llm_kw)
+    s = generate_queries(input_file, output_file, llm=make_llm, queries_per_passage=queries_per_passage,
                          failures_file=failures_file, prompt=prompt, examples=[] if prompt else None, limit=limit,
-                         qfilter=QueryFilter(min_words=min_words, max_copy=max_copy),
-                         sampling=Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                           max_passage_words=max_passage_words))
+                         qfilter=qfilter, sampling=sampling)
     if s["attempted"] and not s["done"]:
         print(f"archivesrag gen-query: error: no query was written ({s['failed']} failed, {s['filtered']} filtered); "
               f"the reasons are in {s['failures_file']}", file=sys.stderr)
