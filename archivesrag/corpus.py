@@ -22,11 +22,11 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['MAX_DOCUMENT_CHARS', 'FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text', 'read_jsonl',
-           'check_output_path', 'check_not_input', 'write_atomic', 'write_jsonl', 'append_jsonl', 'normalize_records',
-           'read_csv_records', 'read_folder_records', 'check_chunking', 'chunk_text', 'load_corpus', 'sample_path',
-           'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages', 'plot_passage_lengths',
-           'plot_passages_per', 'corpus_cli']
+__all__ = ['STRUCTURED_FIELDS', 'MAX_DOCUMENT_CHARS', 'FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text',
+           'read_jsonl', 'check_output_path', 'check_not_input', 'write_atomic', 'write_jsonl', 'append_jsonl',
+           'normalize_records', 'read_csv_records', 'read_folder_records', 'check_chunking', 'chunk_text',
+           'archival_records', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint',
+           'load_passages', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c010
 class InputError(ValueError):
@@ -156,6 +156,9 @@ def append_jsonl(record: dict, f) -> None:
     os.fsync(f.fileno())
 
 # %% ../nbs/00_corpus.ipynb #c018
+STRUCTURED_FIELDS = ("access", "breadcrumb")
+"Archival fields kept as they are (a dict, a list of titles), not flattened to text like other metadata."
+
 def _as_meta(v):
     "Metadata values as strings (one Arrow type per column); None stays None."
     if v is None or isinstance(v, str): return v
@@ -195,10 +198,21 @@ def normalize_records(records: list[dict], source: str | Path, text_field: str =
         seen[doc_id] = line
         title = r.get("title")
         title = title.strip() if isinstance(title, str) and title.strip() else " ".join(text.split()[:8])
-        meta = {k: _as_meta(v) for k, v in r.items() if k not in {text_field, key, "title", "_line", "id", "doc_id"}}
+        meta = {k: v if k in STRUCTURED_FIELDS else _as_meta(v) for k, v in r.items()
+                if k not in {text_field, key, "title", "_line", "id", "doc_id"}}
+        _check_archival_fields(meta, where)
         docs.append({"doc_id": doc_id, "title": title, "text": text.strip(), **meta})
         report["documents"] += 1
     return docs, dict(report)
+
+def _check_archival_fields(meta: dict, where: str) -> None:
+    "`access` must be {status, until, rule} with a known status, `breadcrumb` a list of titles: the gate reads them."
+    access, crumbs = meta.get("access"), meta.get("breadcrumb")
+    if access is not None and not (isinstance(access, dict) and access.get("status") in ("open", "restricted", "closed")):
+        raise InputError(f"{where}: 'access' must be an object with a status of open, restricted or closed, "
+                         f"got {json.dumps(access)[:60]}")
+    if crumbs is not None and not (isinstance(crumbs, list) and all(isinstance(t, str) for t in crumbs)):
+        raise InputError(f"{where}: 'breadcrumb' must be a list of titles, got {json.dumps(crumbs)[:60]}")
 
 # %% ../nbs/00_corpus.ipynb #c021
 def read_csv_records(path: str | Path) -> list[dict]:
@@ -283,16 +297,36 @@ def chunk_text(text: str, tokenizer, max_tokens: int = 256, overlap: int = 32) -
     return chunks
 
 # %% ../nbs/00_corpus.ipynb #c026
+def _is_archive(path: Path) -> bool:
+    "An archival format (EAD, AtoM CSV, OAI-PMH, ALTO) by content; a folder when it holds XML files."
+    from archivesrag.archives import XML_SUFFIXES, detect_kind  # 00d_archives teaches these formats
+    if path.is_dir(): return any(p.suffix.lower() in XML_SUFFIXES for p in path.rglob("*") if p.is_file())
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"): return False
+    return path.suffix.lower() in XML_SUFFIXES or detect_kind(path) is not None
+
+def archival_records(path: Path) -> tuple[list[dict], dict]:
+    "Each unit of an archive as one document: its notes are the text (its title when it has none), its id the doc_id."
+    from archivesrag.archives import load_archive
+    units, counts = load_archive(path)
+    docs = [{**{k: v for k, v in u.items() if k not in ("id", "doc_id")}, "doc_id": u["id"], "collection": u["doc_id"],
+             "title": u["title"] or u["ref_code"] or u["id"], "text": u["text"] or u["title"] or "", "_line": n}
+            for n, u in enumerate(units, 1)]
+    return docs, counts
+
 def _records_from(path: Path) -> tuple[list[dict], dict]:
+    if _is_archive(path): return archival_records(path)
     if path.is_dir(): return read_folder_records(path)
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json", ".ndjson"}: return read_jsonl(path), {}
     if suffix == ".csv": return read_csv_records(path), {}
-    raise InputError(f"{path}: unsupported input (expected .jsonl, .csv or a folder of .txt/.md/.pdf files)")
+    raise InputError(f"{path}: unsupported input (expected an archive: EAD, AtoM CSV, OAI-PMH or ALTO XML; or .jsonl, "
+                     ".csv, or a folder of .txt/.md/.pdf files)")
 
 def load_corpus(path: str | Path, max_tokens: int | None = 256, overlap: int = 32, tokenizer=None,
                 text_field: str = "text", id_field: str | None = None, verbose: bool = True):
-    "Load a JSONL/CSV file or a folder into a `datasets.Dataset` of passages: `id, doc_id, title, text, chunk, **metadata`."
+    """Load an archive (EAD, AtoM CSV, OAI-PMH, ALTO), a JSONL/CSV file or a folder into a `datasets.Dataset` of
+    passages: `id, doc_id, title, text, chunk, **metadata` (archives add `ref_code, level, parent_id, breadcrumb,
+    date_start, date_end, creator, language, access, text_kind`)."""
     from datasets import Dataset
     check_chunking(max_tokens, overlap)
     path = Path(path)
@@ -358,7 +392,7 @@ def _passages_from_records(recs: list[dict], path: Path):
         if pid in seen: raise InputError(f"{where}: duplicate passage id '{pid}' (first at line {seen[pid]})")
         seen[pid] = r.get("_line", "?"); ids.append(pid)
     keys = [k for k in dict.fromkeys(k for r in recs for k in r) if k not in ("_line", "embeddings")]
-    cols = {k: _one_type([r.get(k) for r in recs]) for k in keys}
+    cols = {k: [r.get(k) for r in recs] if k in STRUCTURED_FIELDS else _one_type([r.get(k) for r in recs]) for k in keys}
     cols["id"] = ids
     cols["doc_id"] = [str(r.get("doc_id") or pid) for r, pid in zip(recs, ids)]
     cols.setdefault("title", [""] * len(recs))

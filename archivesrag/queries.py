@@ -21,13 +21,15 @@ from typing import Annotated, Callable
 
 from tqdm.auto import tqdm
 
+from .archives import as_date, status_on
 from .corpus import InputError, append_jsonl, check_output_path, load_passages, read_jsonl, read_text, write_jsonl
 from .llm import LLM, OpenAILLM, check_llm_settings, extract_json, get_llm, scrub
 
 # %% auto #0
 __all__ = ['QUERY_PROMPT', 'QUERY_SCHEMA', 'FEW_SHOT_PROMPT', 'FEW_SHOT_EXAMPLES', 'RECORD_KEYS', 'META', 'copy_score',
-           'build_messages', 'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'generate_queries',
-           'sample_queries_path', 'load_sample_queries', 'plot_query_lengths', 'plot_copy_scores', 'gen_query_cli']
+           'build_messages', 'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'shareable',
+           'generate_queries', 'sample_queries_path', 'load_sample_queries', 'plot_query_lengths', 'plot_copy_scores',
+           'gen_query_cli']
 
 # %% ../nbs/01_queries.ipynb #c008
 QUERY_PROMPT = """You are a smart and helpful assistant.
@@ -335,18 +337,31 @@ def _fmt_summary(s: dict) -> str:
     u = s["usage"]
     line += f"; tokens: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion in {u['requests']} requests"
     if s.get("cost_usd") is not None: line += f"; estimated cost ${s['cost_usd']:.4f}"
+    if s.get("withheld"):
+        line += "; withheld by access: " + ", ".join(f"{n} {k}" for k, n in sorted(s["withheld"].items()))
     return line
+
+# %% ../nbs/01_queries.ipynb #c028t
+def shareable(passages: list[dict], include_restricted: bool = False, as_of=None) -> tuple[list[dict], Counter]:
+    "The passages a query writer may read: open ones on `as_of` (today), restricted ones if asked, closed ones never."
+    day, keep, withheld = as_date(as_of), [], Counter()
+    for p in passages:
+        status = status_on(p.get("access"), day)
+        if status == "open" or (include_restricted and status == "restricted"): keep.append(p)
+        else: withheld[status] += 1
+    return keep, withheld
 
 # %% ../nbs/01_queries.ipynb #c029
 def generate_queries(corpus_or_path, output_file: str | Path, llm: LLM | Callable[[], LLM] | None = None, queries_per_passage: int = 1,
                      failures_file: str | Path | None = None, prompt: str | None = None, examples: list | None = None,
                      limit: int | None = None, sampling: Sampling | None = None, qfilter: QueryFilter | None = None,
-                     progress: bool = True, verbose: bool = True, **sampling_kw) -> dict:
+                     progress: bool = True, verbose: bool = True, include_restricted: bool = False,
+                     **sampling_kw) -> dict:
     "Write `queries_per_passage` queries per passage to `output_file` (JSONL, appended, resumable); returns a summary."
     t0 = time.time()
     s = sampling or Sampling(**sampling_kw)
     if queries_per_passage < 1: raise InputError(f"--queries_per_passage must be at least 1, not {queries_per_passage}")
-    passages = list(load_passages(corpus_or_path, limit))
+    passages, withheld = shareable(list(load_passages(corpus_or_path, limit)), include_restricted)
     out_path, fail_path = _query_files(corpus_or_path, output_file, failures_file)
     with _output_lock(out_path):
         done, failed_before = _read_done(out_path, "queries"), _read_done(fail_path, "failures")
@@ -366,7 +381,7 @@ def generate_queries(corpus_or_path, output_file: str | Path, llm: LLM | Callabl
                 stats["retried"] += retried; bar.update(len(results))
         bar.close()
     secs, attempted = time.time() - t0, len({p["id"] for p, _ in todo})
-    summary = dict(passages=len(passages), attempted=attempted, done=stats["done"], skipped=skipped,
+    summary = dict(passages=len(passages), withheld=dict(withheld), attempted=attempted, done=stats["done"], skipped=skipped,
                    failed=stats["failed"], filtered=stats["filtered"], filtered_by=dict(qfilter.counts),
                    retried=stats["retried"], retried_from_before=retrying, output_file=str(out_path),
                    failures_file=str(fail_path), seconds=round(secs, 2),
@@ -434,6 +449,7 @@ def gen_query_cli(
     retry_failed: bool = False,     # kept for old scripts: a rerun always retries the passages that failed
     min_words: int = 4,             # filter queries shorter than this
     max_copy: float = 0.6,          # filter queries whose copy score is above this
+    include_restricted: bool = False,  # also write queries for records restricted today (closed records never go to a query writer)
 ) -> int:
     "Write a search query for every passage with an LLM. Appends to --output_file and resumes: rerun the same command after a crash or Ctrl-C. The OpenAI key is read from OPENAI_API_KEY only."
     if limit is not None and limit < 1: raise InputError(f"--limit must be at least 1 (got {limit}); leave it out for all passages")
@@ -446,7 +462,7 @@ def gen_query_cli(
     make_llm = partial(get_llm, backend, model=model, base_url=base_url, concurrency=concurrency, **llm_kw)
     s = generate_queries(input_file, output_file, llm=make_llm, queries_per_passage=queries_per_passage,
                          failures_file=failures_file, prompt=prompt, examples=[] if prompt else None, limit=limit,
-                         qfilter=qfilter, sampling=sampling)
+                         qfilter=qfilter, sampling=sampling, include_restricted=include_restricted)
     if s["attempted"] and not s["done"]:
         print(f"archivesrag gen-query: error: no query was written ({s['failed']} failed, {s['filtered']} filtered); "
               f"the reasons are in {s['failures_file']}", file=sys.stderr)
