@@ -25,7 +25,7 @@ from .corpus import InputError
 from .models import FULL_MODELS, bundled_gguf_path, is_offline
 
 # %% auto #0
-__all__ = ['LLM_THREADS_ENV', 'PRICES_PER_MTOK', 'BACKENDS', 'BACKEND_PACKAGES', 'ChatReply', 'cut_reply', 'scrub',
+__all__ = ['LLM_THREADS_ENV', 'PRICES_PER_MTOK', 'BACKENDS', 'BACKEND_PACKAGES', 'ChatReply', 'cut_reply', 'log_prompts', 'scrub',
            'check_max_tokens', 'LLM', 'extract_json', 'llm_threads', 'LocalLLM', 'OpenAILLM', 'VLLMLLM',
            'default_backend', 'check_llm_settings', 'get_llm']
 
@@ -47,6 +47,15 @@ def cut_reply(reply: ChatReply, max_tokens: int) -> ChatReply:
     if reply.error is None and reply.finish_reason == "length":
         reply.error = f"cut by the token limit (max_tokens={max_tokens})"
     return reply
+
+# %% ../nbs/00b_llm.ipynb #c009q
+def log_prompts(llm_name: str, conversations: list[list[dict]]) -> None:
+    "Append each conversation to the file `ARCHIVESRAG_PROMPT_LOG` names (when set): an audit of what was sent."
+    path = os.environ.get("ARCHIVESRAG_PROMPT_LOG")
+    if not path: return
+    with open(path, "a", encoding="utf-8") as f:
+        for messages in conversations:
+            f.write(scrub(json.dumps({"llm": llm_name, "messages": messages}, ensure_ascii=False)) + "\n")
 
 # %% ../nbs/00b_llm.ipynb #c010
 _SECRET_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}")  # \b: the "sk-assessment" in "risk-assessment" is not a key
@@ -108,6 +117,7 @@ class LLM:
              repeat_penalty: float | None = None) -> list[ChatReply]:
         "One `ChatReply` per conversation, in order; failures (a reply cut by `max_tokens` too) come back with `error` set."
         check_max_tokens(max_tokens)
+        log_prompts(self.name, conversations)
         kw = dict(max_tokens=max_tokens, temperature=temperature, json_schema=json_schema, seed=seed, top_p=top_p,
                   stop=stop, repeat_penalty=repeat_penalty)
         bar = tqdm(total=len(conversations), desc=f"chat ({self.name})", disable=not progress)
@@ -326,6 +336,7 @@ class VLLMLLM(LLM):
     def chat(self, conversations, max_tokens=256, temperature=0.0, json_schema=None, seed=None, progress=False,
              top_p=None, stop=None, repeat_penalty=None):
         check_max_tokens(max_tokens)
+        log_prompts(self.name, conversations)
         params = self._params(max_tokens, temperature, json_schema, seed, top_p, stop, repeat_penalty)
         replies, prompts, idx = [None] * len(conversations), [], []
         for i, msgs in enumerate(conversations):
