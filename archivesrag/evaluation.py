@@ -490,12 +490,19 @@ def eval_systems(retrieval: str, base_model=None, model_name_or_path=None, extra
         systems.update(extra_models or {})
     return systems
 
+def _check_numbers(k, fusion_weight) -> None:
+    "Refuse a bad --k or --fusion_weight before any model loads (ranx would end in a traceback at k = 0)."
+    if not isinstance(k, int) or k < 1: raise InputError(f"--k must be at least 1, got {k}")
+    if fusion_weight is not None and not 0 <= fusion_weight <= 1:  # NaN fails this too
+        raise InputError(f"--fusion_weight must be between 0 and 1, got {fusion_weight}")
+
 def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_file=None, corpus_file=None,
              output_dir="eval", collection: str | None = None, retrieval: str = "hybrid", k: int = 100,
              extra_models: dict | None = None, fusion_weight: float | None = None, query_prompt: str | None = None,
              test_size: float = 0.2, seed: int = 42, cache_dir=None, plots: bool = True, verbose: bool = True,
              index_dir=None) -> dict:
     "Compare BM25, the base and the fine-tuned embedder (+ hybrids, ranked as search ranks) on held-out or judged queries."
+    _check_numbers(k, fusion_weight)
     systems = eval_systems(retrieval, base_model, model_name_or_path, extra_models)
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     tune = retrieval == "hybrid" and fusion_weight is None

@@ -18,15 +18,16 @@ import numpy as np
 from fastcore.script import store_true
 from tqdm.auto import tqdm
 
-from .corpus import InputError, load_passages, read_jsonl, write_atomic, write_jsonl
+from .corpus import (InputError, _id_str, check_not_input, check_output_path, load_passages, read_jsonl,
+                                write_atomic, write_jsonl)
 from .models import resolve_embedder
 from .retrieval import dense_search, encode_cached, flat_index
 
 # %% auto #0
 __all__ = ['load_training_records', 'pool_from_records', 'pool_from_passages', 'split_by_document', 'save_split', 'load_split',
            'held_out_ids', 'select_queries', 'parse_range', 'sample_negatives', 'Guards', 'Pool', 'mining_inputs',
-           'MiningVectors', 'sample_record', 'mine_hard_negatives', 'plot_mined_scores', 'plot_negative_ranks',
-           'mine_hn_cli']
+           'MiningVectors', 'sample_record', 'mining_output', 'mine_hard_negatives', 'plot_mined_scores',
+           'plot_negative_ranks', 'mine_hn_cli']
 
 # %% ../nbs/02_negatives.ipynb #c022
 def _key(text: str) -> str:
@@ -50,17 +51,22 @@ def _training_record(r: dict, path: Path, report: Counter) -> dict | None:
     neg = [n for n in _str_list(r.get("neg", []), where, "neg") if n.strip()]
     if not r["query"].strip(): report["skipped_empty_query"] += 1; return None
     if not pos: report["skipped_no_positive"] += 1; return None
-    rid = str(r["id"]) if r.get("id") not in (None, "") else f"{path.stem}-{line}"
+    # ids as the corpus loader reads them: a list id is refused, not printed as "['x']"
+    rid = _id_str(r["id"], where) if r.get("id") not in (None, "") else f"{path.stem}-{line}"
     rec = {"id": rid, "query": r["query"], "pos": pos, "neg": neg, "_line": line,
            "pos_ids": [rid if j == 0 else f"{rid}/pos{j}" for j in range(len(pos))],
            "neg_ids": [f"{rid}/neg{j}" for j in range(len(neg))]}
-    if r.get("doc_id") is not None: rec["doc_id"] = r["doc_id"]
+    if r.get("doc_id") is not None: rec["doc_id"] = _id_str(r["doc_id"], where)
     return rec
 
 def load_training_records(path: str | Path) -> tuple[list[dict], dict]:
     "Query records `{id, query, pos, neg, pos_ids, neg_ids}` from query-generation output or FlagEmbedding's format."
-    path, report = Path(path), Counter()
-    out = [rec for r in read_jsonl(path) if (rec := _training_record(r, path, report)) is not None]
+    path, report, out, seen = Path(path), Counter(), [], set()
+    for r in read_jsonl(path):
+        if (rec := _training_record(r, path, report)) is None: continue
+        same = (_key(rec["query"]), *map(_key, rec["pos"]))  # a repeated example would be trained on twice: counted skip
+        if same in seen: report["skipped_duplicate_query"] += 1; continue
+        seen.add(same); out.append(rec)
     return out, dict(report)
 
 def pool_from_records(records: list[dict]) -> tuple[list[str], list[str]]:
@@ -261,12 +267,20 @@ def _report_mining(summary: dict, report: dict, g: Guards):
           f"{summary['dropped_round_trip']} examples dropped by round trip"
           f"{f' (top-{g.round_trip_k})' if g.round_trip_k else ' (off)'}, {summary['skipped_no_negative']} without any negative{skips}")
 
+def mining_output(output_file, input_file, candidate_pool=None, split_file=None) -> Path:
+    "`output_file`, checked before any work: writable, and none of the inputs (the mined file would replace it)."
+    check_output_path(output_file)
+    return check_not_input(output_file, {"--input_file": input_file, "--candidate_pool": candidate_pool,
+                                         "--split_file": split_file}, flag="--output_file")
+
 def mine_hard_negatives(input_file, output_file, model_name_or_path=None, range_for_sampling="2-200",
                         negative_number=15, candidate_pool=None, use_gpu_for_searching=False,
                         query_instruction_for_retrieval="", batch_size=64, seed=42, relative_margin=0.05,
                         round_trip_k: int | None = None, cache_dir=None, device=None, split_file=None) -> dict:
     "Mine `negative_number` hard negatives per query from ranks `range_for_sampling`; write FlagEmbedding training JSONL."
     g = Guards.from_flags(range_for_sampling, negative_number, relative_margin, round_trip_k, seed)
+    if batch_size < 1: raise InputError(f"--batch_size must be at least 1, got {batch_size}")
+    output_file = mining_output(output_file, input_file, candidate_pool, split_file)
     records, pool, report = mining_inputs(input_file, candidate_pool, split_file)
     if len(pool) < g.hi: print(f"note: the candidate pool has {len(pool)} passages, fewer than rank {g.hi}")
     if g.hi - g.lo + 1 < negative_number: print(f"note: ranks {g.lo}-{g.hi} hold fewer than {negative_number} candidates; every query will be short")

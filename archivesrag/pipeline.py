@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 # %% auto #0
 __all__ = ['COMMANDS', 'DEMO_QUESTIONS', 'RUN_ONLY', 'RUN_FILES', 'DEMO_STEPS', 'METRIC_COLUMNS', 'PAIRS', 'recipe_spelling',
            'parse_flags', 'main', 'RunState', 'reset_peak_rss', 'peak_rss_mb', 'run_step', 'run_steps',
-           'run_in_fresh_process', 'demo_settings', 'DemoConfig', 'demo_config', 'RunFolder', 'open_run_folder',
-           'clear_run', 'step_corpus', 'prefill_sample_queries', 'step_queries', 'step_split', 'step_mine',
-           'step_train', 'step_evaluate', 'step_index', 'step_answers', 'run_demo', 'metrics_reading', 'metric_rows',
-           'metrics_section', 'plots_section', 'steps_section', 'answers_section', 'report_markdown', 'write_report',
-           'demo_cli', 'print_summary']
+           'run_in_fresh_process', 'demo_settings', 'DemoConfig', 'demo_config', 'train_options', 'RunFolder',
+           'open_run_folder', 'clear_run', 'step_corpus', 'prefill_sample_queries', 'step_queries', 'step_split',
+           'step_mine', 'step_train', 'step_evaluate', 'step_index', 'step_answers', 'run_demo', 'metrics_reading',
+           'metric_rows', 'metrics_section', 'plots_section', 'steps_section', 'answers_section', 'report_markdown',
+           'write_report', 'demo_cli', 'print_summary']
 
 # %% ../nbs/07_pipeline.ipynb #c008
 import json
@@ -248,15 +248,23 @@ def demo_config(full: bool = False, num_train_epochs: float | None = None, max_d
     "`demo_settings(full)` with the run's options, checked: a bad value is an InputError before any model loads."
     if max_docs is not None and max_docs < 2:
         raise InputError(f"--max_docs must be at least 2 (the split needs a document on each side), got {max_docs}")
-    if num_train_epochs is not None and num_train_epochs <= 0:
-        raise InputError(f"--num_train_epochs must be more than 0, got {num_train_epochs}")
     if not 0 < test_size < 1: raise InputError(f"--test_size must be between 0 and 1, got {test_size}")
     settings = demo_settings(full)
     if full and not options.get("base_url") and not os.environ.get("OPENAI_API_KEY"):
         raise InputError("--full writes the queries with GPT-4o: set OPENAI_API_KEY, or give --base_url of an "
                          "OpenAI-compatible server")
-    if num_train_epochs: settings["num_train_epochs"] = num_train_epochs
-    return DemoConfig(**settings, full=full, max_docs=max_docs, test_size=test_size, **options)
+    if num_train_epochs is not None: settings["num_train_epochs"] = num_train_epochs
+    cfg = DemoConfig(**settings, full=full, max_docs=max_docs, test_size=test_size, **options)
+    from archivesrag.training import train_args
+    train_args([], "", cfg.base, **train_options(cfg))  # train's own checks, up front (the step checks its files)
+    return cfg
+
+def train_options(cfg: DemoConfig, batch: int | None = None) -> dict:
+    "The demo's training settings as `train` takes them: one place for the step and for the checks made before any step."
+    return dict(learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
+                per_device_train_batch_size=batch or cfg.per_device_train_batch_size, temperature=cfg.temperature,
+                query_max_len=64, passage_max_len=cfg.passage_max_len, train_group_size=2, fp16=cfg.fp16,
+                logging_steps=1, save_steps=1000, seed=cfg.seed)
 
 # %% ../nbs/07_pipeline.ipynb #c010f
 RUN_FILES = dict(corpus="corpus.jsonl", queries="queries.jsonl", failures="failures.jsonl", split="split.json",
@@ -343,10 +351,8 @@ def step_train(run: RunFolder, cfg: DemoConfig) -> dict:
     from archivesrag.training import train
     n = len(read_jsonl(run.mined))
     batch = min(cfg.per_device_train_batch_size, n)  # with drop_last, a batch larger than the data trains 0 steps
-    train(run.mined, run.model, model_name_or_path=cfg.base, learning_rate=cfg.learning_rate,
-          num_train_epochs=cfg.num_train_epochs, per_device_train_batch_size=batch, temperature=cfg.temperature,
-          query_max_len=64, passage_max_len=cfg.passage_max_len, train_group_size=2, fp16=cfg.fp16, logging_steps=1,
-          save_steps=1000, seed=cfg.seed, resume_from_checkpoint="last" if any(run.model.glob("checkpoint-*")) else None)
+    train(run.mined, run.model, model_name_or_path=cfg.base, **train_options(cfg, batch),
+          resume_from_checkpoint="last" if any(run.model.glob("checkpoint-*")) else None)
     _loss_plot(run.dir)
     return {"examples": n, "batch_size": batch}
 

@@ -17,17 +17,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .corpus import InputError, read_jsonl, write_jsonl
 from .models import hub_name, is_offline, resolve_embedder
+from .queries import _output_lock  # gen-query's output lock: one lock for every writer
 
 # %% auto #0
-__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'SECRET_FLAG', 'ds_config_path', 'base_pooling',
-           'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
-           'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
-           'TrainArgs', 'torchrun_command', 'mask_secrets', 'served_length', 'train', 'train_parser', 'train_cli']
+__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'ABOVE_ZERO', 'AT_LEAST_ONE', 'SHIPPED_DS', 'SECRET_FLAG',
+           'ds_config_path', 'base_pooling', 'write_sentence_transformers_files', 'st_pooling_mode',
+           'prepare_train_data', 'count_steps', 'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card',
+           'update_model_card_metrics', 'TrainArgs', 'check_train_args', 'torchrun_command', 'check_passthrough',
+           'refuse_nonfinite', 'mask_secrets', 'served_length', 'train_args', 'train', 'train_parser', 'train_cli']
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
@@ -349,6 +352,35 @@ class TrainArgs:
 OUR_FLAGS = {"nproc_per_node", "dry_run", "use_inbatch_neg"}
 "TrainArgs fields that are ours, not FlagEmbedding's: they never reach its command line."
 
+ABOVE_ZERO = ("learning_rate", "num_train_epochs", "temperature")
+"TrainArgs numbers that must be finite and above 0: 0 trains nothing, NaN crashes, a negative count or tau breaks the model."
+
+AT_LEAST_ONE = ("per_device_train_batch_size", "train_group_size", "query_max_len", "passage_max_len", "logging_steps",
+                "save_steps", "nproc_per_node")
+"TrainArgs counts that must be whole numbers of at least 1."
+
+SHIPPED_DS = {"ds_config.json", "df_config.json"}
+"`--deepspeed` names that mean the config shipped with archivesrag (the original recipe's spelling and its typo)."
+
+def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def check_train_args(a: TrainArgs) -> TrainArgs:
+    "`a`, or an InputError naming the first flag whose value would crash FlagEmbedding mid-run or save a broken model."
+    for name in ABOVE_ZERO:
+        v = getattr(a, name)
+        if not _finite(v) or v <= 0: raise InputError(f"--{name} must be a number above 0, got {v}")
+    for name in AT_LEAST_ONE:
+        v = getattr(a, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(f"--{name} must be a whole number of at least 1, got {v}")
+    if a.deepspeed and not Path(a.deepspeed).is_file() and Path(a.deepspeed).name not in SHIPPED_DS:
+        raise InputError(f"--deepspeed {a.deepspeed}: no such file")
+    from importlib.util import find_spec
+    if a.deepspeed and not a.dry_run and find_spec("deepspeed") is None:  # a dry run only prints the command
+        raise InputError(f"--deepspeed {a.deepspeed}: the deepspeed package is not installed (pip install deepspeed, "
+                         "CUDA only); leave out --deepspeed to train without it")
+    return a
+
 # %% ../nbs/03_training.ipynb #c032
 def _argv_from(options: dict) -> list[str]:
     "FlagEmbedding/HfArgumentParser command-line tokens for `options` (None values are left out)."
@@ -391,6 +423,29 @@ def _load_checkpoint_weights(model, checkpoint):
     missing = [k for k in result.missing_keys if "position_ids" not in k]
     if missing: raise InputError(f"{ckpt}: checkpoint does not match the model ({len(missing)} missing weights, e.g. {missing[0]})")
 
+def check_passthrough(training_args) -> None:
+    "Refuse pass-through TrainingArguments that transformers accepts but that crash or silently change the run."
+    for f in fields(training_args):
+        v = getattr(training_args, f.name)
+        if isinstance(v, float) and not math.isfinite(v): raise InputError(f"--{f.name} must be a finite number, got {v}")
+    if training_args.max_steps != -1 and training_args.max_steps < 1:  # transformers reads any value < 1 as "use epochs"
+        raise InputError(f"--max_steps must be at least 1, got {training_args.max_steps}")
+    if training_args.gradient_accumulation_steps < 1:
+        raise InputError(f"--gradient_accumulation_steps must be at least 1, got {training_args.gradient_accumulation_steps}")
+    if not 0 <= training_args.seed < 2**32: raise InputError(f"--seed must be between 0 and 2**32 - 1 (numpy's range), got {training_args.seed}")
+
+def refuse_nonfinite(model, output_dir, old_checkpoints=()) -> None:
+    "An InputError when training left NaN or infinite weights (a diverged run can log a loss that looks fine)."
+    import torch
+    weights = {n: p for n, p in model.state_dict().items() if p.is_floating_point()}
+    bad = [n for n, p in weights.items() if not torch.isfinite(p).all()]
+    if not bad: return
+    new = sorted(set(Path(output_dir).glob("checkpoint-*")) - set(old_checkpoints))
+    for c in new: shutil.rmtree(c)  # this run's own, saved on the way: resuming one would resume the divergence
+    raise InputError(f"{output_dir}: training diverged: {len(bad)} of {len(weights)} weight tensors hold NaN or infinity "
+                     f"(e.g. {bad[0]}), so no model was saved" + (f" and this run's {len(new)} checkpoint(s) were removed"
+                     if new else "") + "; lower --learning_rate or raise --temperature")
+
 def _run_in_process(fe_argv: list[str]) -> dict:
     "Parse FlagEmbedding's arguments and run its encoder-only runner here; returns the Trainer's train metrics."
     fe = _flagembedding()
@@ -399,6 +454,7 @@ def _run_in_process(fe_argv: list[str]) -> dict:
                                fe.EncoderOnlyEmbedderTrainingArguments))
     try: model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=fe_argv, look_for_args_file=False)
     except ValueError as e: raise InputError(f"FlagEmbedding refused the arguments: {e}") from None
+    check_passthrough(training_args)
     root = logging.getLogger()
     saved = root.level, list(root.handlers)
     logging.getLogger("FlagEmbedding").setLevel(logging.WARNING)  # its runner dumps every argument at INFO
@@ -410,7 +466,9 @@ def _run_in_process(fe_argv: list[str]) -> dict:
             # the Trainer still restores optimizer, scheduler, RNG and step from the same folder.
             runner.trainer._load_from_checkpoint = lambda ckpt, model=None: _load_checkpoint_weights(runner.model, ckpt)
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        old = list(Path(training_args.output_dir).glob("checkpoint-*"))
         result = runner.trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        refuse_nonfinite(runner.model, training_args.output_dir, old)   # before save_model: no broken model on disk
         runner.trainer.save_model()
         runner.trainer.save_state()           # trainer_state.json: the log history the card and plot read
         runner.trainer.save_metrics("train", result.metrics)
@@ -437,11 +495,12 @@ def _fit_to_machine(a: TrainArgs) -> int:
 def _prepare_output(a: TrainArgs) -> str | None:
     "The checkpoint to resume from, if any; refuses to train into a non-empty folder otherwise."
     out = Path(a.output_dir)
+    if out.exists() and not out.is_dir(): raise InputError(f"{out}: is a file, not a folder; give --output_dir a folder")
     resume = _resolve_resume(a.resume_from_checkpoint, out)
     if resume is None and out.is_dir() and any(out.iterdir()) and not a.dry_run:
         raise InputError(f"{out}: the output folder exists and is not empty; choose a new --output_dir, or pass "
                          "--resume_from_checkpoint last to continue its last checkpoint")
-    if a.deepspeed and not Path(a.deepspeed).exists() and Path(a.deepspeed).name in {"ds_config.json", "df_config.json"}:
+    if a.deepspeed and not Path(a.deepspeed).exists() and Path(a.deepspeed).name in SHIPPED_DS:
         print(f"--deepspeed {a.deepspeed}: using the shipped {ds_config_path()}"); a.deepspeed = str(ds_config_path())
     return resume
 
@@ -504,18 +563,29 @@ def _finish(a: TrainArgs, base: str, pooling: str, report: dict, card_args: dict
               + f"; saved to {out}")
 
 # %% ../nbs/03_training.ipynb #c033c
-def train(train_data, output_dir, model_name_or_path: str | None = None, extra_args: list[str] | None = None,
-          **options) -> Path:
-    "Fine-tune an embedder with FlagEmbedding (the original recipe's command); save a sentence-transformers folder with a model card."
+def train_args(train_data, output_dir, model_name_or_path: str | None = None, **options) -> tuple[TrainArgs, dict]:
+    "`(TrainArgs, the other TrainingArguments options)` from `train`'s arguments, refused by `check_train_args` if bad."
     known = {f.name for f in fields(TrainArgs)}
     paths = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
     a = TrainArgs(str(output_dir), [str(p) for p in paths], None if model_name_or_path is None else str(model_name_or_path),
                   **{k: v for k, v in options.items() if k in known})
-    extra_options = {k: v for k, v in options.items() if k not in known}  # other TrainingArguments: max_steps, seed, ...
-    extra_args = list(extra_args or [])
-    base = resolve_embedder(a.model_name_or_path)
-    pooling = a.sentence_pooling_method or base_pooling(base)
-    world, resume = _fit_to_machine(a), _prepare_output(a)
+    return check_train_args(a), {k: v for k, v in options.items() if k not in known}  # max_steps, seed, ...
+
+@contextmanager
+def _output_dir_lock(a: TrainArgs):
+    "Hold `<output_dir>.lock` for the whole run: a second training into the same folder is refused, not mixed in."
+    if a.dry_run or int(os.environ.get("RANK", "0")) != 0: yield; return  # a dry run writes nothing; rank 0 holds it
+    out = Path(a.output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as held:
+        try: held.enter_context(_output_lock(out))
+        except InputError:  # gen-query's lock names --output_file; here the folder is --output_dir
+            raise InputError(f"{out}: another training is writing this folder; wait for it to finish, or "
+                             "choose another --output_dir") from None
+        yield
+
+def _run(a: TrainArgs, base: str, pooling: str, resume, world: int, extra_options: dict, extra_args: list) -> tuple:
+    "Check the data, build FlagEmbedding's command and run it: `(the Trainer's metrics, None on a dry run; data report)`."
     work = Path(tempfile.mkdtemp(prefix="archivesrag-train-"))
     try:
         clean = work / "train.jsonl"
@@ -531,15 +601,27 @@ def train(train_data, output_dir, model_name_or_path: str | None = None, extra_a
             print(f"warning: {msg}")
         fe_argv = _fe_argv(a, base, pooling, clean, resume, extra_options, extra_args)
         shown = mask_secrets([" ".join(a.train_data) if t == str(clean) else t for t in fe_argv])
-        metrics = _launch(fe_argv, shown, world, steps, a.dry_run)
+        return _launch(fe_argv, shown, world, steps, a.dry_run), report
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(a.output_dir)
-    card_args = {k: v for k, v in asdict(a).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
-    card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume)
-    card_args.update({k: "***" if SECRET_FLAG.search(k) else v for k, v in extra_options.items()},
-                     extra_args=" ".join(mask_secrets(extra_args)) or None)
-    _finish(a, base, pooling, report, card_args, metrics)
+
+def train(train_data, output_dir, model_name_or_path: str | None = None, extra_args: list[str] | None = None,
+          **options) -> Path:
+    "Fine-tune an embedder with FlagEmbedding (the original recipe's command); save a sentence-transformers folder with a model card."
+    a, extra_options = train_args(train_data, output_dir, model_name_or_path, **options)
+    extra_args = list(extra_args or [])
+    base = resolve_embedder(a.model_name_or_path)
+    pooling = a.sentence_pooling_method or base_pooling(base)
+    world = _fit_to_machine(a)
+    with _output_dir_lock(a):
+        resume = _prepare_output(a)
+        metrics, report = _run(a, base, pooling, resume, world, extra_options, extra_args)
+        if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(a.output_dir)
+        card_args = {k: v for k, v in asdict(a).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
+        card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume)
+        card_args.update({k: "***" if SECRET_FLAG.search(k) else v for k, v in extra_options.items()},
+                         extra_args=" ".join(mask_secrets(extra_args)) or None)
+        _finish(a, base, pooling, report, card_args, metrics)
     return Path(a.output_dir)
 
 # %% ../nbs/03_training.ipynb #c049
