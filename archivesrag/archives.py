@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 from lxml import etree
 
 from .corpus import InputError
@@ -24,10 +25,10 @@ from .corpus import InputError
 __all__ = ['RECORD_FIELDS', 'ACCESS_STATUSES', 'WC_FLOOR', 'REF_SEP', 'EAD2002_NS', 'EAD3_NS', 'OAI_NS', 'OAI_DC_NS', 'DC_NS',
            'ARCHIVE_KINDS', 'ATOM_REQUIRED', 'XML_SUFFIXES', 'CSV_SUFFIXES', 'COMPONENT_TAGS', 'UNIT_TAGS',
            'CONTENT_NOTES', 'NON_REF_UNITID_TYPES', 'ATOM_TEXT_COLUMNS', 'ATOM_STAFF_COLUMNS', 'CLEARANCES',
-           'new_record', 'archives_path', 'parse_iso_date', 'parse_normal', 'parse_date_text', 'parse_access',
-           'check_doctype', 'iter_xml', 'detect_kind', 'load_archive', 'summary_line', 'load_ead', 'load_atom_csv',
-           'load_oai_dc', 'load_alto', 'as_date', 'AccessPolicy', 'status_on', 'allows', 'RecordFilter', 'unit_keys',
-           'matches']
+           'GATE_COLUMNS', 'new_record', 'archives_path', 'parse_iso_date', 'parse_normal', 'parse_date_text',
+           'parse_access', 'check_doctype', 'iter_xml', 'detect_kind', 'load_archive', 'summary_line', 'load_ead',
+           'load_atom_csv', 'load_oai_dc', 'load_alto', 'as_date', 'AccessPolicy', 'status_on', 'allows',
+           'RecordFilter', 'unit_keys', 'matches', 'visible_mask']
 
 # %% ../nbs/00d_archives.ipynb #c008
 RECORD_FIELDS = ("id", "doc_id", "title", "text", "text_kind", "ref_code", "level", "parent_id", "breadcrumb",
@@ -786,3 +787,27 @@ def matches(filt: RecordFilter, record: dict, keys: set[str] = frozenset()) -> b
     if filt.level and _norm(record.get("level")).casefold() not in filt.level: return False
     if filt.within and _norm(filt.within).casefold() not in keys: return False
     return not filt.creator or _norm(filt.creator).casefold() in _norm(record.get("creator")).casefold()
+
+# %% ../nbs/00d_archives.ipynb #c027o
+GATE_COLUMNS = ("id", "doc_id", "access", "text_kind", "date_start", "date_end", "level", "creator", "ref_code",
+                "title", "breadcrumb", "parent_id")
+
+def _rows(records) -> list[dict]:
+    "Plain dicts of the columns the gate reads, from a list of dicts or a `datasets.Dataset`."
+    if isinstance(records, list): return records
+    cols = [c for c in GATE_COLUMNS if c in records.column_names]
+    data = records.select_columns(cols).to_dict()
+    return [dict(zip(cols, vals)) for vals in zip(*(data[c] for c in cols))]
+
+def visible_mask(records, policy: AccessPolicy | None = None, filt: RecordFilter | None = None) -> tuple[np.ndarray, Counter]:
+    "One bool per record: `policy` (default: the public, today) may see it and `filt` keeps it; and what was left out."
+    rows, policy = _rows(records), policy or AccessPolicy()
+    keys = unit_keys(rows, "doc_id" if rows and "doc_id" in rows[0] else "id") if filt and filt.within else [()] * len(rows)
+    mask, counts = np.ones(len(rows), dtype=bool), Counter()
+    for i, (r, k) in enumerate(zip(rows, keys)):
+        if not allows(policy, r): mask[i] = False; counts["hidden by access"] += 1
+        elif filt and not matches(filt, r, k):
+            mask[i] = False
+            undated = filt.dated and not (r.get("date_start") or r.get("date_end"))
+            counts["undated, left out by the date filter" if undated else "left out by the filters"] += 1
+    return mask, counts
