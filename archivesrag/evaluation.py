@@ -21,6 +21,7 @@ from typing import Annotated
 import numpy as np
 from fastcore.script import store_true
 
+from .archives import AccessPolicy, visible_mask
 from .corpus import InputError, load_passages, read_jsonl, write_atomic
 from .negatives import load_split, save_split, select_queries, split_by_document
 from .retrieval import (BM25, TEXT_FIELDS, Rankings, Retriever, bm25_search, build_bm25, model_identity,
@@ -41,8 +42,8 @@ __all__ = ['METRICS', 'read_glasgow_records', 'read_glasgow_qrels', 'load_glasgo
            'bm25_run', 'dense_run', 'tune_fusion_weight', 'system_runs', 'evaluate_runs', 'evaluate_systems',
            'metrics_table', 'format_table', 'plot_metrics', 'wins_losses', 'plot_wins', 'plot_query_scatter',
            'plot_best_system', 'queries_from_records', 'tuning_half', 'paired_bootstrap', 'EvalSet', 'query_split',
-           'collection_set', 'archive_set', 'save_fusion_weight', 'tuned_fusion_weight', 'eval_systems', 'evaluate',
-           'evaluate_cli']
+           'collection_set', 'visible_corpus', 'archive_set', 'save_fusion_weight', 'tuned_fusion_weight',
+           'eval_systems', 'evaluate', 'evaluate_cli']
 
 # %% ../nbs/04_evaluation.ipynb #c014
 _FIELD = re.compile(r"^\.([A-Z])\s*$")
@@ -439,17 +440,26 @@ def _tuning_queries(records, split, corpus, queries, qrels, src, seed) -> list[s
     doc_of = dict(zip(map(str, corpus["id"]), map(str, corpus["doc_id"])))
     return tuning_half(qrels, {q: doc_of[next(iter(j))] for q, j in qrels.items()}, seed=seed)
 
+def visible_corpus(corpus, policy: AccessPolicy | None = None) -> tuple:
+    "The passages `policy` (default: the public, today) may see, and what it hid: evaluation scores what is served."
+    mask, hidden = visible_mask(corpus, policy)
+    return (corpus if mask.all() else corpus.select(np.flatnonzero(mask))), dict(hidden)
+
 def archive_set(corpus_file=None, queries_file=None, split_file=None, out: Path = Path("eval"), test_size: float = 0.2,
-                seed: int = 42, tune: bool = True, warn: bool = False) -> EvalSet:
-    "The archive's held-out synthetic queries (test side of the split); validation queries, or half the test ones, tune."
+                seed: int = 42, tune: bool = True, warn: bool = False, policy: AccessPolicy | None = None) -> EvalSet:
+    """The archive's held-out synthetic queries (test side of the split); validation queries, or half the test ones,
+    tune. Scored on what `policy` sees: a query whose passage it hides is left out, and counted."""
     corpus = load_passages(corpus_file)
     records, src = _records(corpus_file, queries_file)
     split = _split(corpus, split_file, Path(out), test_size, seed, warn)
+    policy = policy or AccessPolicy()
+    corpus, hidden = visible_corpus(corpus, policy)
     queries, qrels, rep = queries_from_records(select_queries(records, split["test_ids"]), corpus, src)
     if rep.get("skipped_not_in_corpus"): print(f"{src}: skipped {rep['skipped_not_in_corpus']} held-out queries whose passage is not in the corpus")
     if not qrels: raise InputError(f"{src}: no query belongs to a test passage of the split")
     tune_qids = _tuning_queries(records, split, corpus, queries, qrels, src, seed) if tune else None
-    info = {"split": {k: v for k, v in split.items() if not k.endswith("_ids")}, "queries_report": rep}
+    info = {"split": {k: v for k, v in split.items() if not k.endswith("_ids")}, "queries_report": rep,
+            "access": {"policy": str(policy), **hidden}}
     return EvalSet(corpus, queries, qrels, tune_qids, "sample archive" if corpus_file is None else Path(corpus_file).stem, info=info)
 
 # %% ../nbs/04_evaluation.ipynb #c053c
@@ -500,14 +510,15 @@ def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_
              output_dir="eval", collection: str | None = None, retrieval: str = "hybrid", k: int = 100,
              extra_models: dict | None = None, fusion_weight: float | None = None, query_prompt: str | None = None,
              test_size: float = 0.2, seed: int = 42, cache_dir=None, plots: bool = True, verbose: bool = True,
-             index_dir=None) -> dict:
+             index_dir=None, policy: AccessPolicy | None = None) -> dict:
     "Compare BM25, the base and the fine-tuned embedder (+ hybrids, ranked as search ranks) on held-out or judged queries."
     _check_numbers(k, fusion_weight)
     systems = eval_systems(retrieval, base_model, model_name_or_path, extra_models)
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     tune = retrieval == "hybrid" and fusion_weight is None
     data = collection_set(collection, seed, tune, split_file) if collection else \
-           archive_set(corpus_file, queries_file, split_file, out, test_size, seed, tune, warn=bool(model_name_or_path))
+           archive_set(corpus_file, queries_file, split_file, out, test_size, seed, tune, warn=bool(model_name_or_path),
+                       policy=policy)
     results = evaluate_systems(data.corpus, data.queries, data.qrels, systems, hybrid=retrieval == "hybrid", k=k,
                                tune_qids=data.tune, fusion_weight=fusion_weight, query_prompt=query_prompt, cache_dir=cache_dir)
     results = {"dataset": data.label, **data.info, **results, "metrics_file": str(out / data.metrics_name)}
@@ -554,9 +565,11 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
                  seed: int = 42,  # random seed of the split and of the tuning half
                  cache_dir: str = None,  # embedding cache (default: $ARCHIVESRAG_CACHE or ~/.cache/archivesrag/embeddings)
                  no_plots: store_true = False,  # skip the PNG plots
+                 clearance: str = "public",  # score what this reader sees: public, staff (restricted records too) or full (closed too)
+                 as_of: str = None,  # the day access is judged on, YYYY-MM-DD (default: today)
                  ) -> int:
     "archivesrag evaluate: metrics table for BM25 / base / fine-tuned (+ hybrid) on held-out or human-judged queries."
-    extra = {}
+    policy, extra = AccessPolicy(clearance, as_of), {}
     for spec in extra_model or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path: raise InputError(f"--extra_model expects NAME=PATH, got '{spec}'")
@@ -564,8 +577,11 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
     res = evaluate(model_name_or_path, base_model, queries_file, split_file, corpus_file, output_dir, collection=collection,
                    retrieval=retrieval, k=k, extra_models=extra, fusion_weight=fusion_weight,
                    query_prompt=query_instruction_for_retrieval or None, test_size=test_size, seed=seed,
-                   cache_dir=cache_dir, plots=not no_plots, verbose=False, index_dir=index_dir)
+                   cache_dir=cache_dir, plots=not no_plots, verbose=False, index_dir=index_dir, policy=policy)
     print(format_table(res, title=res["dataset"]))
+    if access := res.get("access"):
+        hidden = ", ".join(f"{n} {why}" for why, n in access.items() if why != "policy")
+        print(f"scored as seen with {access['policy']}" + (f" ({hidden})" if hidden else ""))
     for name, f in res.get("fusion", {}).items():
         if f["method"] == "wsum": print(f"{name}: weights {f['weights']} ({f['chosen']})")
     print(f"wrote {res['metrics_file']}" + (f" and {len(res.get('plots', []))} plots" if res.get("plots") else "")
