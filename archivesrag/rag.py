@@ -13,12 +13,14 @@ from typing import Annotated
 
 from .corpus import InputError
 from .models import FULL_MODELS
+from .retrieval import check_count
 
 # %% auto #0
-__all__ = ['SYSTEM_MESSAGE', 'RULES', 'DEFAULT_MIN_SCORE', 'NO_ANSWER', 'SMALL_MODEL_SYSTEM_MESSAGE', 'SMALL_MODEL_EXAMPLE',
-           'WHICH_PASSAGE', 'RECIPE_SAMPLING', 'SMALL_MODEL_SAMPLING', 'SAMPLE_QUESTIONS', 'check_question',
-           'format_prompt', 'passage_ids', 'format_plain_prompt', 'is_small_model', 'build_messages', 'sampling_for',
-           'get_rag_llm', 'label_sources', 'name_source', 'answer', 'content_words', 'answer_checks', 'ask_cli']
+__all__ = ['SYSTEM_MESSAGE', 'RULES', 'DEFAULT_MIN_SCORE', 'NO_ANSWER', 'NO_PASSAGE', 'SMALL_MODEL_SYSTEM_MESSAGE',
+           'SMALL_MODEL_EXAMPLE', 'WHICH_PASSAGE', 'RECIPE_SAMPLING', 'SMALL_MODEL_SAMPLING', 'SAMPLE_QUESTIONS',
+           'check_min_score', 'check_question', 'format_prompt', 'passage_ids', 'format_plain_prompt', 'is_small_model',
+           'build_messages', 'sampling_for', 'get_rag_llm', 'label_sources', 'name_source', 'answer', 'content_words',
+           'answer_checks', 'ask_cli']
 
 # %% ../nbs/06_rag.ipynb #c008
 SYSTEM_MESSAGE = """You are a helpful assistant for answering questions. Your primary focus is to assist in studies relating to Interpares Itrust AI.
@@ -36,6 +38,15 @@ DEFAULT_MIN_SCORE = 0.3
 
 NO_ANSWER = ("I could not find anything relevant to this question in the archive (best passage score {best:.2f}, "
              "below the threshold {min_score:.2f}), so I will not guess.")
+
+NO_PASSAGE = "I could not find any passage for this question in the archive ({retrieval} retrieval), so I will not guess."
+"The reply when retrieval returns nothing at all (BM25 finds no shared word): the LLM is not asked."
+
+def check_min_score(min_score, name: str = "min_score") -> float:
+    "`min_score` as a float if it is a cosine (-1 to 1), else an `InputError` naming `name`: NaN would pass no passage."
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not -1 <= min_score <= 1:
+        raise InputError(f"{name} must be a cosine score between -1 and 1, got {min_score!r}")
+    return float(min_score)
 
 def check_question(question) -> str:
     "`question` stripped; an `InputError` if it is empty or not valid text (a lone surrogate)."
@@ -201,14 +212,15 @@ def answer(question: str, index, llm=None, k: int = 3, retrieval: str | None = N
            top_p: float | None = None, seed: int | None = 0, system_message: str | None = None) -> dict:
     "Retrieve the top-`k` passages for `question` from `index` (a `SearchIndex`) and answer from them with `llm`."
     question = check_question(question)
+    k, min_score = check_count(k, "k"), check_min_score(min_score)  # before retrieval or the LLM run
     results = index.search(question, k=k, retrieval=retrieval)
     best = max((r["dense_score"] for r in results), default=0.0)
     out = dict(question=question, retrieval=results[0]["retrieval"] if results else retrieval, min_score=min_score,
                best_score=best, prompt_tokens=0, completion_tokens=0, error=None, llm=None, cited=[], text="")
-    if best < min_score:
-        return {**out, "answer": NO_ANSWER.format(best=best, min_score=min_score), "passages": [], "scores": [],
-                "grounded": False, "results": results}
     kept = [r for r in results if r["dense_score"] >= min_score]
+    if not kept:  # nothing to answer from: the LLM is never asked with an empty context
+        reply = NO_ANSWER.format(best=best, min_score=min_score) if results else NO_PASSAGE.format(retrieval=out["retrieval"] or "hybrid")
+        return {**out, "answer": reply, "passages": [], "scores": [], "grounded": False, "results": results}
     llm = llm or get_rag_llm()
     sampling = sampling_for(llm, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
     messages = build_messages(question, kept, k=k, llm=llm, max_tokens=sampling["max_tokens"], system_message=system_message)
@@ -275,7 +287,8 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
     "Answer a question from the archive's passages (RAG)."
     from archivesrag.search import default_index
     question = check_question(" ".join(question) if isinstance(question, (list, tuple)) else question)
-    _check_settings(k=k, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
+    _check_settings(k=k, max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_score=min_score,
+                    retrieval=retrieval)
     index = default_index(corpus_file, model_name_or_path, index_dir)
     llm = _LazyLLM(dict(backend=backend, model=model, base_url=base_url, timeout=timeout))
     res = answer(question, index, llm=llm, k=k, retrieval=retrieval, min_score=min_score, max_tokens=max_tokens,
@@ -284,15 +297,20 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
         hint = "; raise --max_tokens" if res.get("finish_reason") == "length" else ""
         raise InputError(f"the LLM failed: {res['error']}{hint}")
     print(res["answer"].strip())
+    if not res["results"]: print("\nPassages: none found"); return 0
     print("\nPassages:" if res["passages"] else "\nPassages: none above the threshold; closest were:")
     for r in (res["results"] if res["passages"] else res["results"][:k]):
         print(f"  [{r['id']}] {r['title']}  (cosine {r['dense_score']:.3f})")
     return 0
 
 # %% ../nbs/06_rag.ipynb #c032b
-def _check_settings(k: int, max_tokens: int | None, temperature: float | None, top_p: float | None):
-    "One clear `InputError` for a setting out of range."
+def _check_settings(k: int, max_tokens: int | None, temperature: float | None, top_p: float | None,
+                    min_score: float = DEFAULT_MIN_SCORE, retrieval: str | None = None):
+    "One clear `InputError` for a setting out of range, before the index is loaded or the LLM started."
+    from archivesrag.retrieval import RETRIEVALS
     if k < 1: raise InputError(f"--k must be at least 1, not {k}")
+    check_min_score(min_score, "--min_score")
+    if retrieval not in (None, *RETRIEVALS): raise InputError(f"--retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
     if max_tokens is not None and max_tokens < 1: raise InputError(f"--max_tokens must be at least 1, not {max_tokens}")
     if temperature is not None and not 0 <= temperature <= 2: raise InputError(f"--temperature must be in [0, 2], not {temperature}")
     if top_p is not None and not 0 < top_p <= 1: raise InputError(f"--top_p must be in (0, 1], not {top_p}")

@@ -24,9 +24,9 @@ from .models import hub_revision, import_faiss, load_embedder, resolve_embedder
 
 # %% auto #0
 __all__ = ['TEXT_FIELDS', 'FUSIONS', 'RETRIEVALS', 'DEFAULT_FUSION_WEIGHT', 'passage_text', 'passage_texts', 'check_queries',
-           'BM25', 'build_bm25', 'bm25_search', 'default_cache_dir', 'model_fingerprint', 'model_identity',
-           'embedding_cache_path', 'encode_cached', 'encode_queries', 'flat_index', 'dense_search', 'minmax', 'fuse',
-           'Rankings', 'Retriever', 'markdown_table']
+           'check_count', 'BM25', 'build_bm25', 'bm25_search', 'default_cache_dir', 'model_fingerprint',
+           'model_identity', 'embedding_cache_path', 'check_finite', 'encode_cached', 'encode_queries', 'flat_index',
+           'dense_search', 'minmax', 'fuse', 'Rankings', 'Retriever', 'markdown_table']
 
 # %% ../nbs/00c_retrieval.ipynb #r008
 TEXT_FIELDS = ("title", "text")
@@ -48,6 +48,8 @@ def passage_texts(corpus, text_fields=TEXT_FIELDS) -> list[str]:
 # %% ../nbs/00c_retrieval.ipynb #r011
 def check_queries(queries, what: str = "query") -> list[str]:
     "`queries` (a string or a list) as a list of strings, refusing empty ones and text that is not valid Unicode."
+    if not isinstance(queries, (str, list, tuple)):  # `list(12345)` or `list(None)` would fail deep inside
+        raise InputError(f"the {what} must be a string or a list of strings, got {type(queries).__name__} {queries!r:.40}")
     qs = [queries] if isinstance(queries, str) else list(queries)
     for n, q in enumerate(qs, 1):
         where = f"{what} {n}" if len(qs) > 1 else f"the {what}"
@@ -58,6 +60,13 @@ def check_queries(queries, what: str = "query") -> list[str]:
             raise InputError(f"{where} has an invalid character at position {e.start} (a lone surrogate, "
                              f"{q[e.start]!r}: broken bytes in the input); retype it or fix the file's encoding") from None
     return qs
+
+def check_count(value, name: str) -> int:
+    "`value` as an int of at least 1, or an `InputError` naming `name` (`k`, `depth`, `--k`…): never silently clamped."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
 
 # %% ../nbs/00c_retrieval.ipynb #r014
 class BM25(bm25s.BM25):
@@ -81,7 +90,7 @@ class BM25(bm25s.BM25):
 
     def search(self, queries: list[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         "Top-`k` `(indices, scores)`, each `len(queries) × min(k, n_docs)`, best first (score 0 = no query word)."
-        k = max(1, min(int(k), self.scores["num_docs"]))
+        k = min(check_count(k, "k"), self.scores["num_docs"])
         res = self.retrieve(self.tokenize(queries), k=k, show_progress=len(queries) > 1000, n_threads=1)
         return np.asarray(res.documents), np.asarray(res.scores)
 
@@ -106,7 +115,11 @@ def build_bm25(texts: list[str], stopwords: str | None = "en", stemmer: str | No
     texts = list(texts)
     if not texts: raise InputError("cannot build a BM25 index over an empty corpus")
     bm25 = BM25(stopwords=stopwords, stemmer_language=stemmer, **bm25_params)
-    bm25.index(bm25.tokenize(texts), show_progress=len(texts) > 10_000)
+    tokens = bm25.tokenize(texts)
+    if not any(tokens):  # bm25s fails on an empty vocabulary with a bare `max()` error
+        raise InputError(f"cannot build a BM25 index: none of the {len(texts)} passages has a word BM25 indexes "
+                         "(two or more letters or digits, not a stopword)")
+    bm25.index(tokens, show_progress=len(texts) > 10_000)
     return bm25
 
 def bm25_search(bm25: BM25, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +161,15 @@ def embedding_cache_path(model_name_or_path: str, texts: list[str], cache_dir=No
     return Path(cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 # %% ../nbs/00c_retrieval.ipynb #r020
+def check_finite(emb: np.ndarray, model, what: str = "texts") -> np.ndarray:
+    "`emb`, or an `InputError` naming `model` if any vector holds NaN or infinity (broken weights rank nothing)."
+    bad = ~np.isfinite(emb).all(axis=1) if emb.ndim == 2 else np.zeros(0, bool)
+    if bad.any():  # NaN scores sort anywhere: searches would print nothing, "cosine nan" or crash in ranx
+        raise InputError(f"the model {model} gives non-finite embeddings (NaN or infinity) for {int(bad.sum())} of "
+                         f"{len(emb)} {what}: its weights are broken (e.g. a training run that diverged); "
+                         "retrain it or use another --model_name_or_path")
+    return emb
+
 def _save_npy(f: Path, emb: np.ndarray, meta: dict):
     buf = io.BytesIO()
     np.save(buf, emb)
@@ -169,7 +191,7 @@ def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=No
             emb = np.load(f)
             if emb.shape[0] == len(texts):
                 print(f"cache hit: {len(texts)} embeddings from {f}")
-                return emb.astype(np.float32, copy=False)
+                return check_finite(emb.astype(np.float32, copy=False), path)
         except (OSError, ValueError): pass  # truncated or foreign file: encode again
     label = f"{Path(path).parent.name}/{Path(path).name}" if Path(path).exists() else path
     print(f"encoding {len(texts)} texts with {label}")
@@ -177,10 +199,14 @@ def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=No
     if not texts: return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
     emb = model.encode(texts, batch_size=batch_size, prompt=prompt, normalize_embeddings=normalize,
                        convert_to_numpy=True, show_progress_bar=len(texts) > batch_size)
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    emb = check_finite(np.ascontiguousarray(emb, dtype=np.float32), path)  # refused before it is cached
     _save_npy(f, emb, {"model": str(path), "fingerprint": fp, "prompt": prompt, "normalize": normalize,
                        "n": len(texts), "dim": emb.shape[1]})
     return emb
+
+def _model_name(model) -> str:
+    "The folder or Hub id a loaded `SentenceTransformer` came from (its tokenizer's `name_or_path`)."
+    return getattr(getattr(model, "tokenizer", None), "name_or_path", None) or type(model).__name__
 
 def encode_queries(model, queries: list[str], prompt: str | None = None, batch_size: int = 64) -> np.ndarray:
     "Normalised float32 query vectors from a `SentenceTransformer`, with `prompt` or else the model's own query prompt."
@@ -188,7 +214,7 @@ def encode_queries(model, queries: list[str], prompt: str | None = None, batch_s
          {"prompt_name": "query"} if (getattr(model, "prompts", None) or {}).get("query") else {}
     emb = model.encode(list(queries), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                        show_progress_bar=len(queries) > 500, **kw)
-    return np.ascontiguousarray(emb, dtype=np.float32)
+    return check_finite(np.ascontiguousarray(emb, dtype=np.float32), _model_name(model), "queries")
 
 # %% ../nbs/00c_retrieval.ipynb #r023
 def flat_index(embeddings: np.ndarray, use_gpu: bool = False):
@@ -209,7 +235,7 @@ def flat_index(embeddings: np.ndarray, use_gpu: bool = False):
 def dense_search(index, query_emb: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     "Top-`k` `(scores, indices)` of each query vector in a faiss `index`, each `queries × k`, best first (-1 pads)."
     from tqdm.auto import tqdm
-    k = max(1, min(int(k), index.ntotal))
+    k = max(1, min(check_count(k, "k"), index.ntotal))  # an empty index still answers with -1 pads
     scores, idx = [], []
     for i in tqdm(range(0, len(query_emb), batch_size), desc="searching", disable=len(query_emb) <= batch_size):
         s, j = index.search(np.ascontiguousarray(query_emb[i:i + batch_size], dtype=np.float32), k)
@@ -304,7 +330,7 @@ class Retriever:
 @patch
 def rank(self: Retriever, queries: list[str], depth: int = 100, qvecs: np.ndarray | None = None) -> Rankings:
     "Dense and BM25 top-`depth` of every query (both are computed, so results can show both ranks)."
-    depth = max(1, min(int(depth), len(self)))
+    depth = min(check_count(depth, "depth"), len(self))  # deeper than the corpus: all of it
     dense = lexical = None
     if self.faiss_index is not None:
         qvecs = self.encode(queries) if qvecs is None else qvecs
@@ -317,6 +343,7 @@ def select(self: Retriever, rankings: Rankings, k: int = 10, retrieval: str = "h
            fusion: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     "The top-`k` `(rows, scores)` of each query for `retrieval` (`hybrid` fuses with `weight`, default the retriever's)."
     if retrieval not in RETRIEVALS: raise InputError(f"retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
+    k = check_count(k, "k")
     if retrieval == "hybrid" and (rankings.dense is None or rankings.lexical is None):
         retrieval = "dense" if rankings.dense is not None else "bm25"  # one system is all this index has
     if retrieval == "hybrid":
@@ -331,6 +358,7 @@ def select(self: Retriever, rankings: Rankings, k: int = 10, retrieval: str = "h
 @patch
 def search(self: Retriever, queries, k: int = 10, retrieval: str = "hybrid", depth: int = 100):
     "`select(rank(queries, depth), k, retrieval)`: the top-`k` `(rows, scores)` of each query."
+    k, depth = check_count(k, "k"), check_count(depth, "depth")  # before any model runs
     return self.select(self.rank(check_queries(queries), max(depth, k)), k, retrieval)
 
 # %% ../nbs/00c_retrieval.ipynb #r040

@@ -7,12 +7,17 @@ Docs: https://archivesrag.github.io/archivesrag/search.html.md"""
 # %% ../nbs/05_search.ipynb #c005
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,21 +25,25 @@ import numpy as np
 from fastcore.basics import patch
 from fastcore.script import store_true
 
-from .corpus import InputError, corpus_fingerprint, load_passages, sample_path, write_atomic
-from .models import import_faiss, is_offline
+from .corpus import InputError, _umask, corpus_fingerprint, load_passages, sample_path, write_atomic
+from .models import import_faiss, is_offline, load_embedder
+from .queries import _output_lock
 from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, Rankings, Retriever, build_bm25,
-                                   check_queries, encode_cached, model_fingerprint, model_identity, passage_texts)
+                                   check_count, check_queries, encode_cached, model_fingerprint, model_identity,
+                                   passage_texts)
 
 # %% auto #0
-__all__ = ['DEFAULT_RETRIEVAL', 'MANIFEST', 'INDEX_FORMAT', 'find_finetuned_model', 'SearchIndex', 'rebuild_hint',
-           'compare_index_types', 'plot_score_distributions', 'default_index', 'search', 'format_results', 'json_lines',
-           'search_cli']
+__all__ = ['DEFAULT_RETRIEVAL', 'MANIFEST', 'INDEX_FORMAT', 'INDEX_PARTS', 'LOAD_TRIES', 'find_finetuned_model', 'SearchIndex',
+           'check_index_factory', 'index_checksums', 'check_index_dir', 'rebuild_hint', 'compare_index_types',
+           'plot_score_distributions', 'default_index', 'search', 'format_results', 'json_lines', 'search_cli']
 
 # %% ../nbs/05_search.ipynb #c010
 DEFAULT_RETRIEVAL = "hybrid"  # at least as good as dense alone on held-out queries (04_evaluation, issue 9)
 MANIFEST = "manifest.json"
-INDEX_FORMAT = 2
-"Version of the index folder's layout: an index of another version is rebuilt, never guessed at."
+INDEX_FORMAT = 3
+"Version of the index folder's layout (3: the manifest keeps a sha256 of every file): another version is rebuilt, never guessed at."
+INDEX_PARTS = ("dataset", "embeddings.faiss", "bm25")
+"The parts of an index folder besides `manifest.json`; the manifest records the sha256 of each of their files."
 
 def _index_dir_default() -> Path:
     "Where `archivesrag search` caches the indexes it builds itself (ARCHIVESRAG_CACHE, else ~/.cache/archivesrag)."
@@ -79,6 +88,23 @@ class SearchIndex:
         return self.retriever.encode(check_queries(texts), batch_size)
 
 # %% ../nbs/05_search.ipynb #c016f
+def _faiss_reason(e: Exception) -> str:
+    "The readable end of a faiss error: `Error in <C++ signature> at file.cpp:64: Error: 'cond' failed: <reason>`."
+    return re.split(r"failed: |\.cpp:\d+: ", " ".join(str(e).split()))[-1][:200]
+
+def check_index_factory(factory, dims: int, passages: int):
+    "One `InputError` naming `factory` if faiss cannot build it for `dims`-d vectors or has too few `passages` to train it."
+    faiss = import_faiss()
+    try: faiss.index_factory(int(dims), factory, faiss.METRIC_INNER_PRODUCT)
+    except (RuntimeError, TypeError) as e:
+        raise InputError(f"--index_factory {factory!r}: faiss cannot build it for {dims}-dimensional vectors "
+                         f"({_faiss_reason(e)})") from None
+    lists = max([int(n) for n in re.findall(r"IVF(\d+)", factory)], default=0)
+    if passages < lists:  # faiss's k-means needs a passage per cluster (39 per cluster to train well)
+        smaller = f"IVF{passages // 39},Flat or " if passages >= 39 else ""
+        raise InputError(f"--index_factory {factory!r}: IVF{lists} sorts the vectors into {lists} clusters, so it needs "
+                         f"at least {lists} passages to train; this corpus has {passages}. Use {smaller}Flat (exact)")
+
 @patch
 def _add_faiss(self: SearchIndex, use_gpu: bool | None = None, file: str | Path | None = None):
     "Attach the faiss index to the dataset's `embeddings` column: built from the factory string, or read from `file`."
@@ -91,8 +117,11 @@ def _add_faiss(self: SearchIndex, use_gpu: bool | None = None, file: str | Path 
     if file is not None: self.dataset.load_faiss_index("embeddings", file, device=device)
     else:
         train = len(self.dataset) if _needs_training(factory) else None
-        self.dataset.add_faiss_index("embeddings", string_factory=factory, metric_type=faiss.METRIC_INNER_PRODUCT,
-                                     device=device, train_size=train)
+        try: self.dataset.add_faiss_index("embeddings", string_factory=factory, metric_type=faiss.METRIC_INNER_PRODUCT,
+                                          device=device, train_size=train)
+        except RuntimeError as e:  # what `check_index_factory` could not foresee (e.g. PQ's 256 training points)
+            raise InputError(f"--index_factory {factory!r}: faiss cannot build it on these {len(self.dataset)} passages "
+                             f"({_faiss_reason(e)})") from None
     self.faiss_index = self.dataset.get_index("embeddings").faiss_index
     self.set_search_params()
 
@@ -122,6 +151,9 @@ def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index
     fields = [f for f in text_fields if f in ds.column_names] or ["text"]
     texts = passage_texts(ds, fields)
     model, fp = model_identity(model_name_or_path)
+    if index_factory != "Flat":  # before the long part, the embedding: Flat needs no check
+        st = load_embedder(model)  # sentence-transformers 5 renamed the method; 4 has only the old name
+        check_index_factory(index_factory, (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)(), len(ds))
     emb = encode_cached(model, texts, cache_dir, batch_size)
     ds = ds.add_column("embeddings", list(emb))
     manifest = dict(format=INDEX_FORMAT, model=model, model_fingerprint=fp, index_factory=index_factory,
@@ -170,8 +202,8 @@ def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str
     if retrieval == "bm25" and self.bm25 is None: raise InputError("this index has no BM25 part; use --retrieval dense or rebuild the index")
     if self.bm25 is None: retrieval = "dense"  # an index built with bm25=False: dense is all it can do
     queries = check_queries(query)
+    k, depth = min(check_count(k, "k"), len(self)), check_count(depth, "depth")  # more than there are: all of them
     if not queries: return []
-    k = max(1, min(int(k), len(self)))
     r = self.retriever
     rk = r.rank(queries, max(depth, k))  # both rankings, whatever `retrieval` is: every result shows both ranks
     hits = r.select(rk, k, retrieval, weight=fusion_weight)
@@ -184,7 +216,7 @@ def search_examples(self: SearchIndex, query: str, k: int = 3, retrieval: str = 
     "The original recipe's return shape: `(scores, retrieved_examples)`, the examples as a dict of columns."
     if retrieval == "dense":
         qv = self.encode([query])[0]
-        scores, ex = self.dataset.get_nearest_examples("embeddings", qv, k=min(k, len(self)))
+        scores, ex = self.dataset.get_nearest_examples("embeddings", qv, k=min(check_count(k, "k"), len(self)))
         ex.pop("embeddings", None)
         return [float(s) for s in scores], ex
     res = self.search(query, k=k, retrieval=retrieval)
@@ -192,65 +224,157 @@ def search_examples(self: SearchIndex, query: str, k: int = 3, retrieval: str = 
     return [r["score"] for r in res], {c: [r.get(c) for r in res] for c in cols}
 
 # %% ../nbs/05_search.ipynb #c016w
-def _atomic_write(path: Path, text: str): write_atomic(path, text)  # corpus.write_atomic: the one atomic writer
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
+
+def _part_files(folder: Path, part: str) -> list[Path]:
+    p = folder / part
+    return sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p] if p.exists() else []
+
+def index_checksums(folder: str | Path) -> dict:
+    "The sha256 of every file of an index folder's parts, by path relative to the folder (what the manifest keeps)."
+    folder = Path(folder)
+    return {x.relative_to(folder).as_posix(): _sha256(x) for part in INDEX_PARTS for x in _part_files(folder, part)}
+
+@patch
+def _write(self: SearchIndex, folder: Path):
+    "Write the parts into the new, empty `folder`, then `manifest.json` with their checksums (last: it marks the folder complete)."
+    faiss_file = folder / "embeddings.faiss"
+    self.dataset.save_faiss_index("embeddings", faiss_file)
+    self.dataset.drop_index("embeddings")  # datasets refuses to save a dataset with an index attached
+    try: self.dataset.save_to_disk(str(folder / "dataset"))
+    finally: self._add_faiss(file=faiss_file, use_gpu=self.manifest.get("use_gpu"))
+    if self.bm25 is not None: self.bm25.save(str(folder / "bm25"))
+    self.manifest = {**self.manifest, "format": INDEX_FORMAT, "sha256": index_checksums(folder)}
+    write_atomic(folder / MANIFEST, json.dumps(self.manifest, indent=2))
+
+
+# %% ../nbs/05_search.ipynb #c016x
+def _own_manifest(folder: Path) -> dict | None:
+    "The manifest of `folder` if it is one this package wrote (it names a model and a faiss factory), else None."
+    try: m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError): return None
+    return m if isinstance(m, dict) and {"model", "index_factory"} <= set(m) else None
+
+def check_index_dir(folder: str | Path) -> Path:
+    "`folder` as a `Path` if an index may be written there: absent, empty, or an index of ours; else one `InputError`."
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: a file, not a folder; give --index_dir a folder for the search index")
+    if folder.is_dir() and any(folder.iterdir()) and _own_manifest(folder) is None:
+        raise InputError(f"{folder}: this folder holds other files and no search index ({MANIFEST}); an index is never "
+                         "written over them: choose another --index_dir")
+    return folder
+
+@contextmanager
+def _index_lock(folder: Path):
+    "One writer per index folder (the `<folder>.lock` beside it, `queries._output_lock`); a second is refused at once."
+    folder = Path(os.path.abspath(folder))  # `.` and `x/..` have a name to put `.lock` after
+    try: folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise InputError(f"{folder.parent}: cannot create the folder ({e.strerror})") from None
+    with ExitStack() as stack:
+        try: stack.enter_context(_output_lock(folder))
+        except OSError as e: raise InputError(f"{folder}: cannot write beside it in {folder.parent} ({e.strerror})") from None
+        except InputError:
+            raise InputError(f"{folder}: another run is building or saving this index (it holds {folder.name}.lock); "
+                             "wait for it to finish, or use another --index_dir") from None
+        yield folder
+
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the system or filesystem cannot."
+    try: renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError): return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0: return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP): return False
+    raise OSError(err, os.strerror(err), str(b))
+
+def _swap(new: Path, folder: Path) -> Path | None:
+    "Put the folder `new` at `folder`; returns where the folder it replaced now lies (None if there was none)."
+    if not folder.exists(): new.rename(folder); return None
+    if _exchange(new, folder): return new
+    old = new.with_name(new.name.replace(".new-", ".old-"))
+    folder.rename(old); new.rename(folder)  # no exchange here: a reader in between finds no index and retries
+    return old
 
 @patch
 def save(self: SearchIndex, folder: str | Path) -> Path:
-    "Write `dataset/` (save_to_disk), `embeddings.faiss`, `bm25/` and `manifest.json` (last: marks the folder complete)."
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)
-    faiss_file = folder / "embeddings.faiss"
-    self.dataset.save_faiss_index("embeddings", faiss_file)
-    ds_dir = (folder / "dataset").resolve()
-    if not any(Path(f["filename"]).resolve().is_relative_to(ds_dir) for f in self.dataset.cache_files):
-        self.dataset.drop_index("embeddings")  # datasets refuses to save a dataset with an index attached
-        try:  # into a temporary folder first: a crash never leaves half a dataset behind
-            part = folder / "dataset.partial"
-            if part.exists(): shutil.rmtree(part)
-            self.dataset.save_to_disk(str(part))
-            if ds_dir.exists(): shutil.rmtree(ds_dir)
-            part.rename(ds_dir)
-        finally: self._add_faiss(file=faiss_file, use_gpu=self.manifest.get("use_gpu"))
-    # else: this index was loaded from `folder`; its dataset is already there (datasets are immutable)
-    if self.bm25 is not None:
-        if (folder / "bm25").exists(): shutil.rmtree(folder / "bm25")
-        self.bm25.save(str(folder / "bm25"))
-    _atomic_write(folder / MANIFEST, json.dumps(self.manifest, indent=2))
-    return folder
+    "Write the index beside `folder`, then swap it in whole: a reader sees the old index or the new one, never a mix."
+    with _index_lock(folder) as absolute: self._swap_in(absolute)
+    return Path(folder)
+
+@patch
+def _swap_in(self: SearchIndex, folder: Path):
+    "`save` for a caller that holds the folder's lock: write into `.<name>.new-*` beside it, swap, remove the old index."
+    check_index_dir(folder)
+    try: new = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.new-"))
+    except OSError as e: raise InputError(f"{folder}: cannot write beside it in {folder.parent} ({e.strerror})") from None
+    try:
+        os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700; the index is a normal folder
+        self._write(new)
+        old = _swap(new, folder)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)  # ours, half written
+        raise
+    if old is not None: shutil.rmtree(old, ignore_errors=True)  # the index this one replaced (or an empty folder)
+
 
 # %% ../nbs/05_search.ipynb #c017l
 def rebuild_hint(folder: Path, manifest: dict | None = None) -> str:
     "How to rebuild the index in `folder`: the command, with its corpus and model when the manifest names them."
     m = manifest or {}
     model = f" --model_name_or_path {m['model']}" if m.get("model") else ""
-    return (f"rebuild it: delete {folder} and run `archivesrag search --index_dir {folder} "
-            f"--corpus_file {m.get('corpus_file') or 'CORPUS'}{model} \"a query\"`")
+    run = lambda where: f"`archivesrag search --index_dir {where} --corpus_file {m.get('corpus_file') or 'CORPUS'}{model} \"a query\"`"
+    if {"model", "index_factory"} <= set(m): return f"rebuild it: delete {folder} and run {run(folder)}"
+    # no manifest of ours: the folder may be the user's own (documents, a corpus file), never advise deleting it
+    return f"rebuild it in another folder: run {run('NEW_FOLDER')}"
 
 def _read_manifest(folder: Path) -> dict:
     f = folder / MANIFEST
+    if folder.is_file():
+        raise InputError(f"{folder}: a file, not a search index folder; give the folder `archivesrag search --index_dir` built")
     if not f.exists():
         raise InputError(f"{folder}: not a complete search index (no {MANIFEST}); {rebuild_hint(folder)}")
     try: m = json.loads(f.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{f}: damaged ({type(e).__name__}: {e}); {rebuild_hint(folder)}") from None
-    if not isinstance(m, dict) or m.get("format") != INDEX_FORMAT:
-        got = m.get("format", "1") if isinstance(m, dict) else "?"
-        raise InputError(f"{f}: an index of format {got}, not {INDEX_FORMAT} (made by another version of archivesrag); "
-                         f"{rebuild_hint(folder, m if isinstance(m, dict) else None)}")
+    ours = m if isinstance(m, dict) else None
+    if ours is None or m.get("format") != INDEX_FORMAT:
+        got = m.get("format", "1") if ours is not None else "?"
+        why = ("made before the manifest kept checksums, so damage to its files cannot be seen" if got == 2
+               else "made by another version of archivesrag")
+        raise InputError(f"{f}: an index of format {got}, not {INDEX_FORMAT} ({why}); {rebuild_hint(folder, ours)}")
     missing = [k for k in ("model", "index_factory", "passages", "fusion_weight", "bm25") if k not in m]
-    if missing: raise InputError(f"{f}: damaged (no {', '.join(missing)}); {rebuild_hint(folder)}")
+    if not isinstance(m.get("sha256"), dict): missing.append("sha256")
+    if missing: raise InputError(f"{f}: damaged (no {', '.join(missing)}); {rebuild_hint(folder, m)}")
     return m
+
+def _check_sums(path: Path, folder: Path, manifest: dict):
+    "Every file of the part at `path` must match the sha256 the manifest recorded: a zeroed or swapped file is damage."
+    part = path.relative_to(folder).as_posix()
+    want = {name: s for name, s in manifest["sha256"].items() if name == part or name.startswith(part + "/")}
+    for name, s in sorted(want.items()):
+        what = "the file" if name == part else name
+        if not (folder / name).is_file(): raise InputError(f"{path}: damaged ({what} is missing); {rebuild_hint(folder, manifest)}")
+        if _sha256(folder / name) != s:
+            raise InputError(f"{path}: damaged ({what} differs from the one the index was built with: its sha256 is not "
+                             f"the one in {MANIFEST}); {rebuild_hint(folder, manifest)}")
 
 @contextmanager
 def _reading(path: Path, folder: Path, manifest: dict):
     "Any failure to read a part of a saved index becomes one line: which file, and how to rebuild."
     if not path.exists(): raise InputError(f"{path}: missing from the search index; {rebuild_hint(folder, manifest)}")
+    _check_sums(path, folder, manifest)
     try: yield
     except InputError: raise
     except Exception as e:  # faiss raises RuntimeError, Arrow ArrowInvalid, numpy ValueError, json JSONDecodeError...
         why = " ".join(str(e).split())[:160]
         raise InputError(f"{path}: damaged ({type(e).__name__}: {why}); {rebuild_hint(folder, manifest)}") from None
+
 
 # %% ../nbs/05_search.ipynb #c017m
 def _check_model(folder: Path, m: dict, asked: str | None = None):
@@ -272,12 +396,32 @@ def _check_model(folder: Path, m: dict, asked: str | None = None):
         raise InputError(f"{folder}: the model {model} has changed since this index was built (its files differ), so its "
                          f"vectors no longer match the stored ones; {hint}")
 
+LOAD_TRIES = 5
+"How often `load` starts again when another process swaps a new index in while it reads (`save`)."
+
+def _replaced(folder: Path, m: dict) -> bool:
+    "Has another `save` swapped a new index into `folder` since its manifest read `m`? (Each save's manifest differs.)"
+    try: return json.loads((folder / MANIFEST).read_text(encoding="utf-8")) != m
+    except (OSError, ValueError): return True  # gone for a moment: a save without an atomic exchange is swapping
+
 @patch(cls_method=True)
 def load(cls: SearchIndex, folder: str | Path, model_name_or_path: str | None = None, use_gpu: bool | None = None) -> SearchIndex:
     "Reload a saved index; nothing is re-embedded. Refuses another model, a changed or missing one, and damaged files."
-    from datasets import load_from_disk
     folder = Path(folder)
-    m = _read_manifest(folder)
+    for _ in range(LOAD_TRIES):
+        m = _read_manifest(folder)
+        try: index = cls._load_parts(folder, m, model_name_or_path, use_gpu)
+        except InputError:
+            if _replaced(folder, m): continue  # parts of two indexes: read the new one whole
+            raise
+        if not _replaced(folder, m): return index  # the manifest did not change while the parts were read: one index
+    raise InputError(f"{folder}: another run replaced this index {LOAD_TRIES} times while it was being read; try again "
+                     "when it has finished saving")
+
+@patch(cls_method=True)
+def _load_parts(cls: SearchIndex, folder: Path, m: dict, model_name_or_path: str | None, use_gpu: bool | None) -> SearchIndex:
+    "The index in `folder` as its manifest `m` describes it, every part checked against it."
+    from datasets import load_from_disk
     _check_model(folder, m, model_name_or_path)
     with _reading(folder / "dataset", folder, m): ds = load_from_disk(str(folder / "dataset"))
     index = cls(ds, m)
@@ -333,9 +477,14 @@ def plot_score_distributions(index: SearchIndex, queries: list[str], k: int = 5,
 
 # %% ../nbs/05_search.ipynb #c031
 def _build_and_save(corpus, model_name_or_path, index_factory: str, index_dir: Path, verbose: bool) -> SearchIndex:
-    if verbose: print(f"building the search index for {corpus} in {index_dir} (once)")
-    index = SearchIndex.build(corpus, model_name_or_path=model_name_or_path, index_factory=index_factory)
-    index.save(index_dir)
+    "Build the index of `corpus` and swap it into `index_dir`, holding the folder's lock from the first step to the last."
+    check_index_dir(index_dir)  # before anything is embedded
+    with _index_lock(index_dir) as absolute:
+        if (index_dir / MANIFEST).exists():  # another run built it while this one started: never write over it
+            return _open_existing(index_dir, model_name_or_path, corpus, index_factory)
+        if verbose: print(f"building the search index for {corpus} in {index_dir} (once)")
+        index = SearchIndex.build(corpus, model_name_or_path=model_name_or_path, index_factory=index_factory)
+        index._swap_in(absolute)
     return index
 
 def _model_or_finetuned(model_name_or_path, verbose: bool):
@@ -344,17 +493,37 @@ def _model_or_finetuned(model_name_or_path, verbose: bool):
         if model_name_or_path and verbose: print(f"using the fine-tuned model {model_name_or_path}")
     return model_name_or_path
 
+def _check_same_build(index: SearchIndex, index_dir: Path, corpus_file, index_factory: str | None):
+    "An existing index answers only for the corpus and faiss factory it was built with: a different one is an error."
+    m = index.manifest
+    if index_factory is not None and index_factory != m["index_factory"]:
+        raise InputError(f"{index_dir}: this index was built with --index_factory {m['index_factory']!r}, not "
+                         f"{index_factory!r}; leave the flag out to search it, or build the new one in another --index_dir")
+    if corpus_file is None: return
+    ds = load_passages(corpus_file)
+    if corpus_fingerprint(ds["text"]) != m.get("corpus_fingerprint"):
+        raise InputError(f"{index_dir}: this index holds another corpus ({m.get('corpus_file') or 'unknown'}, "
+                         f"{m['passages']} passages), not {corpus_file} ({len(ds)} passages); leave out --corpus_file to "
+                         "search it, or build the new corpus into another --index_dir")
+
+def _open_existing(index_dir: Path, model_name_or_path, corpus_file, index_factory: str | None) -> SearchIndex:
+    index = SearchIndex.load(index_dir, model_name_or_path=model_name_or_path)
+    _check_same_build(index, index_dir, corpus_file, index_factory)
+    return index
+
 def default_index(corpus_file: str | Path | None = None, model_name_or_path: str | None = None,
-                  index_dir: str | Path | None = None, index_factory: str = "Flat", verbose: bool = True) -> SearchIndex:
+                  index_dir: str | Path | None = None, index_factory: str | None = None, verbose: bool = True) -> SearchIndex:
     "The index in `index_dir` (built there from `corpus_file` if absent), else a cached one of `corpus_file` or the sample."
     if index_dir is not None:
         index_dir = Path(index_dir)
-        if (index_dir / MANIFEST).exists(): return SearchIndex.load(index_dir, model_name_or_path=model_name_or_path)
+        if (index_dir / MANIFEST).exists(): return _open_existing(index_dir, model_name_or_path, corpus_file, index_factory)
         if corpus_file is None:
             if index_dir.is_dir() and any(index_dir.iterdir()): SearchIndex.load(index_dir)  # says what is missing
             raise InputError(f"{index_dir}: no search index here. Build one with `archivesrag search --index_dir {index_dir} "
                              "--corpus_file CORPUS \"a query\"`, or leave out --index_dir to search the bundled sample archive")
-        return _build_and_save(corpus_file, _model_or_finetuned(model_name_or_path, verbose), index_factory, index_dir, verbose)
+        return _build_and_save(corpus_file, _model_or_finetuned(model_name_or_path, verbose), index_factory or "Flat",
+                               index_dir, verbose)
+    index_factory = index_factory or "Flat"
     model, fp = model_identity(_model_or_finetuned(model_name_or_path, verbose))
     corpus = Path(corpus_file) if corpus_file else sample_path()
     if not corpus.exists(): raise InputError(f"{corpus}: no such file or folder")
@@ -368,6 +537,7 @@ def search(query: str, k: int = 3, index: SearchIndex | None = None, retrieval: 
     "The original recipe's `search`: `(scores, retrieved_examples)` for `query` from `index` (default: the sample archive's)."
     index = index or default_index(verbose=False)
     return index.search_examples(query, k=k, retrieval=retrieval or DEFAULT_RETRIEVAL)
+
 
 # %% ../nbs/05_search.ipynb #c034
 def _snippet(text: str, width: int = 160) -> str:
@@ -393,14 +563,18 @@ def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}]
                corpus_file: str = None,  # corpus.jsonl or any archive load_corpus reads (default: the bundled sample archive)
                model_name_or_path: str = None,  # embedder of a new index (default: runs/*/model if trained, else the base model)
                retrieval: str = DEFAULT_RETRIEVAL,  # hybrid, dense or bm25
-               index_factory: str = "Flat",  # faiss factory string for a new index, e.g. "HNSW32" or "IVF256,Flat"
+               index_factory: str = None,  # faiss factory string for a new index (default Flat), e.g. "HNSW32" or "IVF256,Flat"
                json: store_true = False,  # print results as JSON Lines
                ) -> int:
     "archivesrag search: print the top-k passages for a query."
-    if k < 1: raise InputError(f"--k must be at least 1, got {k}")
+    k = check_count(k, "--k")  # every flag before building or loading anything
+    if retrieval not in RETRIEVALS: raise InputError(f"--retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
     text = " ".join(query or [])
-    check_queries(text)  # before building or loading anything
+    check_queries(text)
     index = default_index(corpus_file, model_name_or_path, index_dir, index_factory)
     results = index.search(text, k=k, retrieval=retrieval)
-    print(json_lines(results) if json else format_results(results))
+    if not results:  # only BM25 can find nothing (dense always ranks every passage); --json keeps stdout JSON Lines
+        why = ": no passage shares a word with the query (try --retrieval hybrid)" if retrieval == "bm25" else ""
+        print(f"no results{why}", file=sys.stderr if json else sys.stdout)
+    else: print(json_lines(results) if json else format_results(results))
     return 0
