@@ -11,6 +11,7 @@ import html
 import re
 from typing import Annotated
 
+from .archives import AccessPolicy, RecordFilter, allows
 from .corpus import InputError
 from .models import FULL_MODELS
 from .retrieval import check_count
@@ -18,9 +19,9 @@ from .retrieval import check_count
 # %% auto #0
 __all__ = ['SYSTEM_MESSAGE', 'RULES', 'DEFAULT_MIN_SCORE', 'NO_ANSWER', 'NO_PASSAGE', 'SMALL_MODEL_SYSTEM_MESSAGE',
            'SMALL_MODEL_EXAMPLE', 'WHICH_PASSAGE', 'RECIPE_SAMPLING', 'SMALL_MODEL_SAMPLING', 'SAMPLE_QUESTIONS',
-           'check_min_score', 'check_question', 'format_prompt', 'passage_ids', 'format_plain_prompt', 'is_small_model',
-           'build_messages', 'sampling_for', 'get_rag_llm', 'label_sources', 'name_source', 'answer', 'content_words',
-           'answer_checks', 'ask_cli']
+           'check_min_score', 'check_question', 'allowed_records', 'format_prompt', 'passage_ids',
+           'format_plain_prompt', 'is_small_model', 'build_messages', 'sampling_for', 'get_rag_llm', 'label_sources',
+           'name_source', 'answer', 'content_words', 'answer_checks', 'ask_cli']
 
 # %% ../nbs/06_rag.ipynb #c008
 SYSTEM_MESSAGE = """You are a helpful assistant for answering questions. Your primary focus is to assist in studies relating to Interpares Itrust AI.
@@ -67,7 +68,15 @@ def _as_records(retrieved_documents) -> list[dict]:
         cols = retrieved_documents
         n = len(cols.get("text", []))
         return [{c: v[i] for c, v in cols.items() if isinstance(v, (list, tuple)) and len(v) == n} for i in range(n)]
-    return [dict(r) for r in retrieved_documents]
+    records = [dict(r) for r in retrieved_documents]
+    for i, r in enumerate(records, 1):  # a None text would fail deep in a regex, far from the cause
+        if not isinstance(r.get("text"), str):
+            raise InputError(f"passage {i} ({r.get('id', '?')}): 'text' must be a string, not {type(r.get('text')).__name__}")
+    return records
+
+def allowed_records(records: list[dict], policy: AccessPolicy | None = None) -> list[dict]:
+    "The records `policy` (default: the public, today) may see: the prompt builder checks again what it is handed."
+    return [r for r in records if allows(policy or AccessPolicy(), r)]
 
 def _escape(text: str) -> str:
     "Neutralise our delimiter tags inside passage text (`</passage>` -> `&lt;/passage>`)."
@@ -76,7 +85,8 @@ def _escape(text: str) -> str:
 def _passage(rec: dict, text: str | None = None) -> str:
     pid = html.escape(str(rec.get("id", "?")), quote=True)
     title = html.escape(str(rec.get("title") or ""), quote=True)
-    return f'<passage id="{pid}" title="{title}">\n{_escape(text if text is not None else rec["text"]).strip()}\n</passage>'
+    ref = f' ref="{html.escape(str(rec["ref_code"]), quote=True)}"' if rec.get("ref_code") else ""  # cite by reference code
+    return f'<passage id="{pid}"{ref} title="{title}">\n{_escape(text if text is not None else rec["text"]).strip()}\n</passage>'
 
 def _cut_to_tokens(text: str, budget: int, count_tokens) -> str:
     "The longest word-boundary prefix of `text` with at most `budget` tokens (binary search on words)."
@@ -159,8 +169,11 @@ def is_small_model(llm) -> bool:
     return str(getattr(llm, "name", "")).startswith("local:")
 
 def build_messages(question: str, retrieved_documents, k: int = 3, llm=None, max_tokens: int = 256,
-                   system_message: str | None = None, token_budget: int | None = None, plain: bool | None = None) -> list[dict]:
-    "Chat messages: the system turn (never passage text), a worked example for small models, the user turn with the passages."
+                   system_message: str | None = None, token_budget: int | None = None, plain: bool | None = None,
+                   policy: AccessPolicy | None = None) -> list[dict]:
+    """Chat messages: the system turn (never passage text), a worked example for small models, the user turn with the
+    passages that `policy` (default: the public, today) may see."""
+    retrieved_documents = allowed_records(_as_records(retrieved_documents), policy)
     if plain is None: plain = is_small_model(llm)
     system_message = system_message or (SMALL_MODEL_SYSTEM_MESSAGE if plain else SYSTEM_MESSAGE)
     example = [dict(m) for m in SMALL_MODEL_EXAMPLE] if plain else []
@@ -209,11 +222,14 @@ def name_source(llm, messages: list[dict], text: str, ids: list[str], seed: int 
 
 def answer(question: str, index, llm=None, k: int = 3, retrieval: str | None = None,
            min_score: float = DEFAULT_MIN_SCORE, max_tokens: int | None = None, temperature: float | None = None,
-           top_p: float | None = None, seed: int | None = 0, system_message: str | None = None) -> dict:
-    "Retrieve the top-`k` passages for `question` from `index` (a `SearchIndex`) and answer from them with `llm`."
+           top_p: float | None = None, seed: int | None = 0, system_message: str | None = None,
+           policy: AccessPolicy | None = None, filters: RecordFilter | None = None) -> dict:
+    """Retrieve the top-`k` passages for `question` from `index` (a `SearchIndex`) that `policy` may see (default: the
+    public, today) and `filters` keep, and answer from them with `llm`."""
     question = check_question(question)
     k, min_score = check_count(k, "k"), check_min_score(min_score)  # before retrieval or the LLM run
-    results = index.search(question, k=k, retrieval=retrieval)
+    policy = policy or AccessPolicy()
+    results = index.search(question, k=k, retrieval=retrieval, policy=policy, filters=filters)
     best = max((r["dense_score"] for r in results), default=0.0)
     out = dict(question=question, retrieval=results[0]["retrieval"] if results else retrieval, min_score=min_score,
                best_score=best, prompt_tokens=0, completion_tokens=0, error=None, llm=None, cited=[], text="")
@@ -223,7 +239,8 @@ def answer(question: str, index, llm=None, k: int = 3, retrieval: str | None = N
         return {**out, "answer": reply, "passages": [], "scores": [], "grounded": False, "results": results}
     llm = llm or get_rag_llm()
     sampling = sampling_for(llm, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
-    messages = build_messages(question, kept, k=k, llm=llm, max_tokens=sampling["max_tokens"], system_message=system_message)
+    messages = build_messages(question, kept, k=k, llm=llm, max_tokens=sampling["max_tokens"], system_message=system_message,
+                              policy=policy)
     used = passage_ids(messages[-1]["content"])
     reply = llm.chat([messages], seed=seed, **sampling)[0]
     text, tokens = (reply.text or "").strip(), [reply.prompt_tokens, reply.completion_tokens]
@@ -283,16 +300,24 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
             max_tokens: int | None = None,  # answer length limit in tokens (default: 256; 96 for the small local model)
             temperature: float | None = None,  # sampling temperature (default: the recipe's 0.8; 0 for the small local model)
             top_p: float | None = None,  # nucleus sampling (default: the recipe's 0.95; off for the small local model)
+            clearance: str = "public",  # who is asking: public, staff (restricted records too) or full (closed ones too)
+            as_of: str | None = None,  # the day access is judged on, YYYY-MM-DD (default: today)
+            date_from: str | None = None,  # answer only from records whose dates overlap from this year or day
+            date_to: str | None = None,  # ... up to this year or day
+            level: Annotated[list | None, dict(action="append", type=str)] = None,  # only these levels (repeatable)
+            within: str | None = None,  # only records in this collection or series (id, reference code or title)
+            creator: str | None = None,  # only records whose creator contains this
            ) -> int:
     "Answer a question from the archive's passages (RAG)."
     from archivesrag.search import default_index
     question = check_question(" ".join(question) if isinstance(question, (list, tuple)) else question)
     _check_settings(k=k, max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_score=min_score,
                     retrieval=retrieval)
+    policy, filters = AccessPolicy(clearance, as_of), RecordFilter(date_from, date_to, tuple(level or ()), within, creator)
     index = default_index(corpus_file, model_name_or_path, index_dir)
     llm = _LazyLLM(dict(backend=backend, model=model, base_url=base_url, timeout=timeout))
     res = answer(question, index, llm=llm, k=k, retrieval=retrieval, min_score=min_score, max_tokens=max_tokens,
-                 temperature=temperature, top_p=top_p)
+                 temperature=temperature, top_p=top_p, policy=policy, filters=filters)
     if res["error"]:
         hint = "; raise --max_tokens" if res.get("finish_reason") == "length" else ""
         raise InputError(f"the LLM failed: {res['error']}{hint}")
@@ -300,7 +325,8 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
     if not res["results"]: print("\nPassages: none found"); return 0
     print("\nPassages:" if res["passages"] else "\nPassages: none above the threshold; closest were:")
     for r in (res["results"] if res["passages"] else res["results"][:k]):
-        print(f"  [{r['id']}] {r['title']}  (cosine {r['dense_score']:.3f})")
+        where = " · ".join(x for x in (r.get("ref_code"), " > ".join(r.get("breadcrumb") or [])) if x)
+        print(f"  [{r['id']}] {r['title']}" + (f"  ({where})" if where else "") + f"  (cosine {r['dense_score']:.3f})")
     return 0
 
 # %% ../nbs/06_rag.ipynb #c032b

@@ -26,7 +26,7 @@ from .models import hub_revision, import_faiss, load_embedder, resolve_embedder
 __all__ = ['TEXT_FIELDS', 'FUSIONS', 'RETRIEVALS', 'DEFAULT_FUSION_WEIGHT', 'passage_text', 'passage_texts', 'check_queries',
            'check_count', 'BM25', 'build_bm25', 'bm25_search', 'default_cache_dir', 'model_fingerprint',
            'model_identity', 'embedding_cache_path', 'check_finite', 'encode_cached', 'encode_queries', 'flat_index',
-           'dense_search', 'minmax', 'fuse', 'Rankings', 'Retriever', 'markdown_table']
+           'dense_search', 'minmax', 'fuse', 'Rankings', 'Retriever', 'keep_rows', 'markdown_table']
 
 # %% ../nbs/00c_retrieval.ipynb #r008
 TEXT_FIELDS = ("title", "text")
@@ -326,40 +326,63 @@ class Retriever:
         "Normalised query vectors (with the retriever's query prompt)."
         return encode_queries(self.model, queries, self.query_prompt, batch_size)
 
+# %% ../nbs/00c_retrieval.ipynb #r036h
+def keep_rows(part: tuple | None, allowed: np.ndarray | None, depth: int) -> tuple | None:
+    "A ranking `(scores, rows)` without the rows `allowed` forbids, cut to `depth` and padded with row -1."
+    if part is None or allowed is None: return part
+    scores, rows = part
+    ok = (rows >= 0) & allowed[np.clip(rows, 0, None)]
+    out_s = np.full((len(rows), depth), -np.inf, dtype=np.float32)
+    out_r = np.full((len(rows), depth), -1, dtype=np.int64)
+    for i, m in enumerate(ok):
+        s, r = scores[i][m][:depth], rows[i][m][:depth]
+        out_s[i, :len(s)], out_r[i, :len(r)] = s, r
+    return out_s, out_r
+
 # %% ../nbs/00c_retrieval.ipynb #r037
 @patch
-def rank(self: Retriever, queries: list[str], depth: int = 100, qvecs: np.ndarray | None = None) -> Rankings:
-    "Dense and BM25 top-`depth` of every query (both are computed, so results can show both ranks)."
+def rank(self: Retriever, queries: list[str], depth: int = 100, qvecs: np.ndarray | None = None,
+         allowed: np.ndarray | None = None) -> Rankings:
+    """Dense and BM25 top-`depth` of every query (both are computed, so results can show both ranks); with `allowed`
+    (one bool per passage), the top-`depth` of the allowed passages only."""
     depth = min(check_count(depth, "depth"), len(self))  # deeper than the corpus: all of it
+    # fetch past every passage the gate may drop: an exact index then still gives the best `depth` allowed ones
+    fetch = depth if allowed is None else min(len(self), depth + int((~allowed).sum()))
     dense = lexical = None
     if self.faiss_index is not None:
         qvecs = self.encode(queries) if qvecs is None else qvecs
-        dense = dense_search(self.faiss_index, qvecs, depth)
-    if self.bm25 is not None: lexical = tuple(bm25_search(self.bm25, queries, depth)[::-1])  # as (scores, rows)
-    return Rankings(dense, lexical, qvecs)
+        dense = dense_search(self.faiss_index, qvecs, fetch)
+    if self.bm25 is not None: lexical = tuple(bm25_search(self.bm25, queries, fetch)[::-1])  # as (scores, rows)
+    return Rankings(keep_rows(dense, allowed, depth), keep_rows(lexical, allowed, depth), qvecs)
 
 @patch
 def select(self: Retriever, rankings: Rankings, k: int = 10, retrieval: str = "hybrid", weight: float | None = None,
-           fusion: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    "The top-`k` `(rows, scores)` of each query for `retrieval` (`hybrid` fuses with `weight`, default the retriever's)."
+           fusion: str | None = None, allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The top-`k` `(rows, scores)` of each query for `retrieval` (`hybrid` fuses with `weight`, default the
+    retriever's), only of `allowed` passages when given."""
     if retrieval not in RETRIEVALS: raise InputError(f"retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
     k = check_count(k, "k")
     if retrieval == "hybrid" and (rankings.dense is None or rankings.lexical is None):
         retrieval = "dense" if rankings.dense is not None else "bm25"  # one system is all this index has
     if retrieval == "hybrid":
         w = self.fusion_weight if weight is None else weight
-        return [(r[:k], s[:k]) for r, s in fuse(rankings.dense, rankings.lexical, w, fusion or self.fusion)]
-    part = rankings.dense if retrieval == "dense" else rankings.lexical
-    if part is None: raise InputError(f"this index has no {retrieval} part; use another --retrieval, or rebuild the index")
-    s, r = part
-    ok = (r >= 0) & (s > 0) if retrieval == "bm25" else r >= 0
-    return [(rr[m][:k], ss[m][:k]) for rr, ss, m in zip(r, s, ok)]
+        hits = fuse(rankings.dense, rankings.lexical, w, fusion or self.fusion)
+    else:
+        part = rankings.dense if retrieval == "dense" else rankings.lexical
+        if part is None: raise InputError(f"this index has no {retrieval} part; use another --retrieval, or rebuild the index")
+        s, r = part
+        ok = (r >= 0) & (s > 0) if retrieval == "bm25" else r >= 0
+        hits = [(rr[m], ss[m]) for rr, ss, m in zip(r, s, ok)]
+    if allowed is not None:  # again on the final rows: some faiss indexes (GPU, HNSW, sharded IVF) ignore selectors
+        hits = [(rows[allowed[rows]], scores[allowed[rows]]) for rows, scores in hits]
+    return [(rows[:k], scores[:k]) for rows, scores in hits]
 
 @patch
-def search(self: Retriever, queries, k: int = 10, retrieval: str = "hybrid", depth: int = 100):
-    "`select(rank(queries, depth), k, retrieval)`: the top-`k` `(rows, scores)` of each query."
+def search(self: Retriever, queries, k: int = 10, retrieval: str = "hybrid", depth: int = 100,
+           allowed: np.ndarray | None = None):
+    "`select(rank(queries, depth), k, retrieval)`: the top-`k` `(rows, scores)` of each query (of `allowed` passages)."
     k, depth = check_count(k, "k"), check_count(depth, "depth")  # before any model runs
-    return self.select(self.rank(check_queries(queries), max(depth, k)), k, retrieval)
+    return self.select(self.rank(check_queries(queries), max(depth, k), allowed=allowed), k, retrieval, allowed=allowed)
 
 # %% ../nbs/00c_retrieval.ipynb #r040
 def markdown_table(rows: dict | list, columns: list | None = None, first: str = "system", digits: int = 3) -> str:

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +26,7 @@ import numpy as np
 from fastcore.basics import patch
 from fastcore.script import store_true
 
+from .archives import AccessPolicy, RecordFilter, visible_mask
 from .corpus import InputError, _umask, corpus_fingerprint, load_passages, sample_path, write_atomic
 from .models import import_faiss, is_offline, load_embedder
 from .queries import _output_lock
@@ -34,8 +36,9 @@ from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, Ra
 
 # %% auto #0
 __all__ = ['DEFAULT_RETRIEVAL', 'MANIFEST', 'INDEX_FORMAT', 'INDEX_PARTS', 'LOAD_TRIES', 'find_finetuned_model', 'SearchIndex',
-           'check_index_factory', 'index_checksums', 'check_index_dir', 'rebuild_hint', 'compare_index_types',
-           'plot_score_distributions', 'default_index', 'search', 'format_results', 'json_lines', 'search_cli']
+           'check_index_factory', 'access_counts', 'index_checksums', 'check_index_dir', 'rebuild_hint',
+           'compare_index_types', 'plot_score_distributions', 'default_index', 'search', 'format_results',
+           'left_out_line', 'json_lines', 'search_cli']
 
 # %% ../nbs/05_search.ipynb #c010
 DEFAULT_RETRIEVAL = "hybrid"  # at least as good as dense alone on held-out queries (04_evaluation, issue 9)
@@ -160,10 +163,16 @@ def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index
                     metric="inner_product", normalized=True, dims=int(emb.shape[1]), passages=len(ds),
                     corpus_fingerprint=corpus_fingerprint(ds["text"]), corpus_file=_corpus_file(corpus),
                     text_fields=fields, bm25=bool(bm25), fusion="wsum", fusion_weight=fusion_weight,
-                    query_prompt=query_prompt or None, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                    query_prompt=query_prompt or None, access=access_counts(ds),
+                    created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     index = cls(ds, manifest, bm25=build_bm25(texts) if bm25 else None)
     index._add_faiss(use_gpu)
     return index
+
+def access_counts(ds) -> dict:
+    "Passages per stated access status (the index records each passage's access; the gate judges it at query time)."
+    if "access" not in ds.column_names: return {"open": len(ds)}
+    return dict(Counter((a or {}).get("status") or "open" for a in ds["access"]))
 
 # %% ../nbs/05_search.ipynb #c016s
 def _ranks(part, qi: int, lexical: bool = False) -> tuple[dict, dict]:
@@ -194,9 +203,19 @@ def _results(self: SearchIndex, rk: Rankings, qi: int, rows, scores, retrieval: 
     return out
 
 @patch
+def visible(self: SearchIndex, policy: AccessPolicy | None = None, filters: RecordFilter | None = None):
+    "`(allowed, left_out)`: one bool per passage that `policy` (default: the public, today) may see and `filters` keep."
+    key = (policy or AccessPolicy(), filters or None)
+    cache = self.__dict__.setdefault("_visible", {})
+    if key not in cache: cache[key] = visible_mask(self.dataset, *key)
+    return cache[key]
+
+@patch
 def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str | None = None, depth: int = 100,
-           fusion_weight: float | None = None) -> list[dict] | list[list[dict]]:
-    "Top-`k` passages for `query` (a list of queries gives a list of lists): dicts with id, title, score, ranks, text."
+           fusion_weight: float | None = None, policy: AccessPolicy | None = None,
+           filters: RecordFilter | None = None) -> list[dict] | list[list[dict]]:
+    """Top-`k` passages for `query` (a list of queries gives a list of lists) that `policy` may see (default: the
+    public, today) and `filters` keep: dicts with id, title, score, ranks, reference code, breadcrumb, text."""
     retrieval = retrieval or DEFAULT_RETRIEVAL
     if retrieval not in RETRIEVALS: raise InputError(f"retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
     if retrieval == "bm25" and self.bm25 is None: raise InputError("this index has no BM25 part; use --retrieval dense or rebuild the index")
@@ -204,9 +223,11 @@ def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str
     queries = check_queries(query)
     k, depth = min(check_count(k, "k"), len(self)), check_count(depth, "depth")  # more than there are: all of them
     if not queries: return []
+    allowed, _ = self.visible(policy, filters)
+    if not allowed.any(): return [] if isinstance(query, str) else [[] for _ in queries]
     r = self.retriever
-    rk = r.rank(queries, max(depth, k))  # both rankings, whatever `retrieval` is: every result shows both ranks
-    hits = r.select(rk, k, retrieval, weight=fusion_weight)
+    rk = r.rank(queries, max(depth, k), allowed=allowed)  # both rankings: every result shows both ranks
+    hits = r.select(rk, k, retrieval, weight=fusion_weight, allowed=allowed)
     out = [self._results(rk, qi, rows, scores, retrieval) for qi, (rows, scores) in enumerate(hits)]
     return out[0] if isinstance(query, str) else out
 
@@ -544,14 +565,29 @@ def _snippet(text: str, width: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + "…"
 
+def _place(h: dict) -> str:
+    "Where a hit sits in its archive: reference code, breadcrumb, dates and a non-open access note (blank if none)."
+    parts = [h.get("ref_code") or "", " > ".join(h.get("breadcrumb") or [])]
+    years = sorted({d[:4] for d in (h.get("date_start"), h.get("date_end")) if d})
+    if years: parts.append("-".join(years))
+    access = h.get("access") or {}  # the rule as stated; that the caller sees the record means it allows them
+    if access.get("status") not in (None, "open"): parts.append(f"access: {access.get('rule') or access['status']}")
+    return "  ·  ".join(p for p in parts if p)
+
 def format_results(results: list[dict]) -> str:
-    "Human-readable lines for search results: rank, id, title, score, dense and BM25 ranks, snippet."
+    "Human-readable lines for search results: rank, id, title, place in the archive, score, ranks, snippet."
     lines = []
     for h in results:
         dr = h.get("dense_rank") or "-"; br = h.get("bm25_rank") or "-"
-        lines.append(f"{h['rank']}. {h['id']}  {h['title']}\n   score {h['score']:.3f} ({h['retrieval']}; "
+        place = f"\n   {_place(h)}" if _place(h) else ""
+        lines.append(f"{h['rank']}. {h['id']}  {h['title']}{place}\n   score {h['score']:.3f} ({h['retrieval']}; "
                      f"cosine {h['dense_score']:.3f}, dense rank {dr}, bm25 rank {br})\n   {_snippet(h['text'])}")
     return "\n".join(lines)
+
+def left_out_line(policy: AccessPolicy, left_out: dict) -> str:
+    "What the gate left out, said once: the caller should know a search was narrowed, not that nothing exists."
+    said = ", ".join(f"{n} {why}" for why, n in left_out.items())
+    return f"({said}; searched as {policy})" if said else ""
 
 def json_lines(results: list[dict]) -> str:
     "Search results as JSON Lines (one result per line; dates are already ISO strings)."
@@ -565,14 +601,25 @@ def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}]
                retrieval: str = DEFAULT_RETRIEVAL,  # hybrid, dense or bm25
                index_factory: str = None,  # faiss factory string for a new index (default Flat), e.g. "HNSW32" or "IVF256,Flat"
                json: store_true = False,  # print results as JSON Lines
+               clearance: str = "public",  # who is searching: public, staff (sees restricted records) or full (sees closed ones too)
+               as_of: str = None,  # the day access is judged on, YYYY-MM-DD (default: today)
+               show_closed_descriptions: store_true = False,  # let the public see the description (never the content) of a closed or restricted unit
+               date_from: str = None,  # only records whose dates overlap from this year or day (undated ones are left out, and counted)
+               date_to: str = None,  # ... up to this year or day
+               level: Annotated[list, {"action": "append", "type": str}] = None,  # only these levels, e.g. --level file (repeatable)
+               within: str = None,  # only records in this collection or series (its id, reference code or title), at any depth
+               creator: str = None,  # only records whose creator contains this (any case)
                ) -> int:
-    "archivesrag search: print the top-k passages for a query."
+    "archivesrag search: print the top-k passages for a query that the caller may see."
     k = check_count(k, "--k")  # every flag before building or loading anything
     if retrieval not in RETRIEVALS: raise InputError(f"--retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
     text = " ".join(query or [])
     check_queries(text)
+    policy = AccessPolicy(clearance, as_of, show_closed_descriptions)
+    filters = RecordFilter(date_from, date_to, tuple(level or ()), within, creator)
     index = default_index(corpus_file, model_name_or_path, index_dir, index_factory)
-    results = index.search(text, k=k, retrieval=retrieval)
+    results = index.search(text, k=k, retrieval=retrieval, policy=policy, filters=filters)
+    if note := left_out_line(policy, index.visible(policy, filters)[1]): print(note, file=sys.stderr if json else sys.stdout)
     if not results:  # only BM25 can find nothing (dense always ranks every passage); --json keeps stdout JSON Lines
         why = ": no passage shares a word with the query (try --retrieval hybrid)" if retrieval == "bm25" else ""
         print(f"no results{why}", file=sys.stderr if json else sys.stdout)

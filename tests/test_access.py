@@ -76,3 +76,119 @@ def test_gen_query_never_sends_a_closed_record(tmp_path, monkeypatch):
     sent = log.read_text()
     assert "withheld by access: 1 closed" in run.stdout, run.stdout
     assert RESTRICTED in sent and CLOSED not in sent
+
+
+@pytest.fixture(scope="module")
+def archive_index(archive_corpus):
+    "A search index of the archive corpus, built by the CLI (a query with nothing hidden in it)."
+    idx = archive_corpus.parent / "index"
+    run = run_cli("search", "--corpus_file", archive_corpus, "--index_dir", idx, "--as_of", AS_OF, "harbour")
+    assert run.returncode == 0, run.stderr
+    return idx
+
+
+# Queries that the hidden records answer best: a leak would put them on top.
+LEAKY_QUERIES = ["personnel files of harbour pilots medical reports", "harbour master's own file",
+                 "letters from the donor", "pupils' disciplinary records", "staff note water damaged box"]
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("retrieval", ["bm25", "dense", "hybrid"])
+def test_search_never_shows_a_hidden_marker_to_the_public(archive_index, retrieval):
+    from archivesrag.archives import AccessPolicy
+    from archivesrag.search import SearchIndex
+    index = SearchIndex.load(archive_index)
+    for q in LEAKY_QUERIES:   # the API: every query, every passage the gate allows (k = 50 > the corpus)
+        assert not planted(json.dumps(index.search(q, k=50, retrieval=retrieval, policy=AccessPolicy(as_of=AS_OF)))), q
+    for fmt in ([], ["--json"]):   # the command line, as printed
+        run = run_cli("search", "--index_dir", archive_index, "--retrieval", retrieval, "--k", "50", "--as_of", AS_OF,
+                      *fmt, LEAKY_QUERIES[0])
+        assert run.returncode == 0, run.stderr
+        assert not planted(run.stdout + run.stderr), (retrieval, fmt)
+        assert "hidden by access" in run.stderr + run.stdout
+
+
+@pytest.mark.fast
+def test_rrf_and_weighted_fusion_apply_the_gate(archive_index):
+    "Through the API, both fusions, at k larger than the corpus: the top results are the allowed ones only."
+    from archivesrag.archives import AccessPolicy
+    from archivesrag.search import SearchIndex
+    index = SearchIndex.load(archive_index)
+    for fusion in ("wsum", "rrf"):
+        index.manifest["fusion"] = fusion
+        for q in LEAKY_QUERIES:
+            hits = index.search(q, k=100, policy=AccessPolicy(as_of=AS_OF))
+            assert hits and not planted(json.dumps(hits)), (fusion, q)
+            assert len(hits) == int(index.visible(AccessPolicy(as_of=AS_OF))[0].sum())   # every allowed one, no more
+
+
+@pytest.mark.fast
+def test_clearance_and_date_reveal_exactly_what_they_should(archive_index):
+    def seen(*flags):
+        run = run_cli("search", "--index_dir", archive_index, "--k", "100", "--json", *flags, "harbour school records")
+        assert run.returncode == 0, run.stderr
+        return run.stdout
+    staff, full = seen("--clearance", "staff", "--as_of", AS_OF), seen("--clearance", "full", "--as_of", AS_OF)
+    assert RESTRICTED in staff and CLOSED not in staff
+    assert RESTRICTED in full and CLOSED in full and not planted(full, NEVER)
+    later = seen("--as_of", "2091-01-01")            # the 2090 restriction and the 2071 closure have ended
+    assert RESTRICTED in later and "ZQX-CLOSED-4471" in later and "ZQX-CLOSED-4472" not in later   # undated: closed
+
+
+@pytest.mark.fast
+def test_a_filtered_search_returns_k_when_k_exist_brute_force(archive_index):
+    "Filters and the gate before ranking: the top k equals brute force over the allowed records on a Flat index."
+    import numpy as np
+    from archivesrag.archives import AccessPolicy, RecordFilter
+    from archivesrag.search import SearchIndex
+    index = SearchIndex.load(archive_index)
+    policy, filters = AccessPolicy(as_of=AS_OF), RecordFilter(date_from="1900")
+    allowed, _ = index.visible(policy, filters)
+    q = "harbour board minutes"
+    emb = np.asarray(index.dataset["embeddings"], dtype=np.float32) @ index.encode([q])[0]
+    expected = [index.dataset[int(i)]["id"] for i in np.argsort(-emb) if allowed[i]][:3]
+    got = [h["id"] for h in index.search(q, k=3, retrieval="dense", policy=policy, filters=filters)]
+    assert got == expected and len(got) == 3
+
+
+def test_ask_never_puts_a_hidden_marker_in_a_prompt_or_an_answer(archive_index, tmp_path, monkeypatch, llama_server):
+    log = tmp_path / "prompts.jsonl"
+    monkeypatch.setenv("ARCHIVESRAG_PROMPT_LOG", str(log))
+    for backend in (["--backend", "local"], ["--base_url", llama_server, "--model", "smollm2"]):
+        for q in LEAKY_QUERIES[:3]:
+            run = run_cli("ask", "--index_dir", archive_index, "--as_of", AS_OF, "--max_tokens", "64", *backend, q)
+            # a 135M model sampling at the recipe's temperature may ramble past the limit: that is said, in one line
+            assert run.returncode == 0 or "cut by the token limit" in run.stderr, run.stderr
+            assert not planted(run.stdout + run.stderr), (backend, q)
+    sent = log.read_text()
+    assert sent.count('"messages"') >= 3 and not planted(sent)
+    log.unlink()
+    run = run_cli("ask", "--index_dir", archive_index, "--as_of", AS_OF, "--clearance", "full", "--backend", "local",
+                  LEAKY_QUERIES[0])
+    assert run.returncode == 0 and CLOSED in log.read_text()   # the full clearance does see the closed file
+
+
+@pytest.mark.fast
+def test_vllm_prompt_building_checks_what_it_is_handed():
+    "build_messages drops what the policy may not see, whoever retrieved it (vLLM's path builds its prompt here)."
+    from archivesrag.rag import build_messages
+    recs = [dict(id="a#0", text="Open minutes of the board.", title="Minutes"),
+            dict(id="b#0", text=f"Pilots' medical files {CLOSED}-1.", title="Pilots",
+                 access=dict(status="closed", until=None, rule="Closed."))]
+    msgs = build_messages("What do the files hold?", recs, k=3, plain=False)
+    assert "Open minutes" in msgs[-1]["content"] and CLOSED not in json.dumps(msgs)
+
+
+def test_evaluate_scores_what_the_public_sees(archive_corpus, tmp_path):
+    "Held-out queries of hidden passages are left out, counted, and the clearance is said."
+    recs = read_jsonl(archive_corpus)
+    queries = [dict(id=r["id"], query=f"what does {r['title']} hold", positive=[r["text"]]) for r in recs]
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in queries))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(dict(seed=0, by="doc_id", train_ids=[], test_ids=[r["id"] for r in recs])))
+    run = run_cli("evaluate", "--corpus_file", archive_corpus, "--queries_file", qfile, "--split_file", split,
+                  "--retrieval", "bm25", "--no_plots", "--output_dir", tmp_path / "ev", "--as_of", AS_OF)
+    assert run.returncode == 0, run.stderr
+    assert "scored as seen with clearance public, as of 2026-01-01" in run.stdout, run.stdout
+    assert "hidden by access" in run.stdout
