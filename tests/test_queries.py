@@ -6,9 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from archivesrag.corpus import load_sample, read_jsonl, write_jsonl
 from archivesrag.llm import ChatReply, get_llm
 from archivesrag.pipeline import main
 from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, QUERY_PROMPT, generate_queries, load_sample_queries
-from helpers import run_cli
+from helpers import http_server, reply_chat_completion, run_cli
 
 SECRET = "sk-test-NEVER-IN-OUTPUT-0123456789"
 PARROT = "What happens when the checksums of digitised map files fail the quarterly fixity audit?"  # example 2, reworded
@@ -52,23 +51,12 @@ class _Handler(BaseHTTPRequestHandler):
             h = hashlib.md5(key.encode()).hexdigest()
             content = json.dumps({"query": f"Which disposal approvals cover {' '.join(h[i:i + 5] for i in range(0, 25, 5))}?"})
         time.sleep(self.delay)
-        out = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": finish,
-                                       "message": {"role": "assistant", "content": content}}],
-                          "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_chat_completion(self, body["model"], content, finish)
 
 
 @pytest.fixture(scope="module")
 def fake_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    with http_server(_Handler) as url: yield url
 
 
 def _corpus(path: Path, n: int, markers: dict | None = None) -> Path:

@@ -8,14 +8,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from archivesrag.corpus import InputError, load_corpus, read_jsonl, sample_path, write_jsonl
-from helpers import run_cli
+from helpers import http_server, reply_chat_completion, run_cli
 
 KEY = "KEY-test-SECRET-0123456789"  # not shaped like "sk-…": only the OPENAI_API_KEY rule of `scrub` can catch it
 
@@ -35,23 +34,12 @@ class _EchoKey(BaseHTTPRequestHandler):
         pid = text.split("passage ")[1].split()[0] if "passage " in text else "x"
         words = " ".join(hashlib.md5(pid.encode()).hexdigest()[i:i + 5] for i in range(0, 25, 5))  # distinct queries
         content = json.dumps({"query": f"Which disposal approvals {words} were signed with key {key}?"})
-        out = json.dumps({"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": content}}],
-                          "usage": {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        reply_chat_completion(self, body["model"], content)
 
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKey)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
+    with http_server(_EchoKey) as url: yield url
 
 
 def _corpus(path: Path, n: int = 3) -> Path:
