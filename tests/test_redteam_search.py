@@ -3,6 +3,7 @@
 Each test runs the real command (`run_cli`) or the real API on real files: the bundled MiniLM, faiss, bm25s."""
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -236,10 +237,13 @@ def test_api_rb_a_reader_never_sees_a_mix_of_two_saves(corpus, index_dir, tmp_pa
     SearchIndex.build(passages.select(range(len(passages) - 1, -1, -1))).save(rev)  # same passages, reversed
     shared = tmp_path / "ixs"
     shutil.copytree(index_dir, shared)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(index_dir), str(rev), str(shared), "12"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    loads, busy = 0, 0
+    log = tmp_path / "writer.log"  # a file, not a pipe: progress bars would fill a pipe nobody reads, and block
+    with open(log, "w") as err:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(index_dir), str(rev), str(shared), "12"],
+                                  stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    loads, busy, deadline = 0, 0, time.time() + 240
     while writer.poll() is None:
+        assert time.time() < deadline, "the writer did not finish within 240 s"
         try: ix = SearchIndex.load(shared)
         except InputError as e:  # only the clean refusal after repeated swaps is allowed, never damage
             assert "replaced this index" in str(e), e; busy += 1; continue
@@ -248,8 +252,8 @@ def test_api_rb_a_reader_never_sees_a_mix_of_two_saves(corpus, index_dir, tmp_pa
         assert ix.manifest["corpus_fingerprint"] == corpus_fingerprint(ix.dataset["text"])
         assert ix.bm25.scores["num_docs"] == len(ix)
         loads += 1
-    out, err = writer.communicate()
-    assert writer.returncode == 0, err[-2000:]
+    out, _ = writer.communicate()
+    assert writer.returncode == 0, log.read_text()[-2000:]
     assert int(out.split()[-1]) >= 4 and loads >= 3 and busy <= loads, (out, loads, busy)
 
 
