@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -269,7 +270,8 @@ def _write(self: SearchIndex, folder: Path):
     try: self.dataset.save_to_disk(str(folder / "dataset"))
     finally: self._add_faiss(file=faiss_file, use_gpu=self.manifest.get("use_gpu"))
     if self.bm25 is not None: self.bm25.save(str(folder / "bm25"))
-    self.manifest = {**self.manifest, "format": INDEX_FORMAT, "sha256": index_checksums(folder)}
+    # a new id at every save: a reader that saw save A, then B, then A again of the same index must see a change
+    self.manifest = {**self.manifest, "format": INDEX_FORMAT, "saved": uuid.uuid4().hex, "sha256": index_checksums(folder)}
     write_atomic(folder / MANIFEST, json.dumps(self.manifest, indent=2))
 
 
