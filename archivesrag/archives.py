@@ -378,6 +378,19 @@ def _clear(el) -> None:
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", _norm(s)).strip("-")
 
+def _count_records(recs: list[dict], counts: Counter) -> Counter:
+    "Count records per level, access status and gap, and drop the loaders' working fields (`_rule`, `_inherited`)."
+    for r in recs:
+        counts["records"] += 1
+        counts[f"level:{r['level'] or '(none)'}"] += 1
+        counts[f"access:{r['access']['status']}"] += 1
+        if r["access"]["rule"] is None: counts["access_unstated"] += 1
+        if r.pop("_inherited", False): counts["access_inherited"] += 1
+        r.pop("_rule", None)
+        if r["date_start"] is None: counts["undated"] += 1
+        if not r["text"]: counts["no_text"] += 1
+    return counts
+
 def load_ead(path, *, unstated: str = "open", ref_sep: str = REF_SEP) -> tuple[list[dict], Counter]:
     "Every <archdesc> and component of an EAD 2002 or EAD3 file as a record, streamed; see the lesson for the rules."
     path = Path(path)
@@ -472,16 +485,7 @@ def _ead_records(path, frames, kind, eadid, counts, unstated, ref_sep) -> tuple[
         rec["_rule"] = rule
         rec["_inherited"] = own_rule is None and rule is not None
         recs.append(rec)
-    for r in recs:
-        counts["records"] += 1
-        counts[f"level:{r['level'] or '(none)'}"] += 1
-        counts[f"access:{r['access']['status']}"] += 1
-        if r["access"]["rule"] is None: counts["access_unstated"] += 1
-        if r.pop("_inherited"): counts["access_inherited"] += 1
-        r.pop("_rule")
-        if r["date_start"] is None: counts["undated"] += 1
-        if not r["text"]: counts["no_text"] += 1
-    return recs, counts
+    return recs, _count_records(recs, counts)
 
 # %% ../nbs/00d_archives.ipynb #c021
 ATOM_TEXT_COLUMNS = ("scopeAndContent", "archivalHistory", "arrangement", "appraisal", "accruals",
@@ -495,10 +499,8 @@ def _split(v) -> list[str]:
     "AtoM's `|`-separated multi-values, with empty and NULL entries kept as '' so positions line up."
     return [("" if x.strip().upper() == "NULL" else x.strip()) for x in (v or "").split("|")]
 
-def load_atom_csv(path, *, unstated: str = "open", ref_sep: str = REF_SEP) -> tuple[list[dict], Counter]:
-    "An AtoM ISAD(G) CSV (the import/export template) as records, its hierarchy from parentId / qubitParentSlug."
-    path = Path(path)
-    counts = Counter(files=1)
+def _atom_rows(path: Path) -> tuple[list[dict], dict]:
+    "The CSV's non-empty rows (each with `_lid`, its legacyId, and `_line`) and the rows by legacyId."
     try: raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = path.read_bytes()[:e.start].count(b"\n") + 1
@@ -517,6 +519,29 @@ def load_atom_csv(path, *, unstated: str = "open", ref_sep: str = REF_SEP) -> tu
             row["_lid"], row["_line"] = lid, line
             by_legacy[lid] = row; rows.append(row)
     except csv.Error as e: raise InputError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
+    return rows, by_legacy
+
+def _atom_events(row: dict) -> tuple[list[str], str | None, str | None, list[str]]:
+    "(creators, date_start, date_end, date texts) from the `|`-separated event columns; the creator is the creation event's actor."
+    types, actors = _split(row.get("eventTypes")), _split(row.get("eventActors"))
+    starts, ends, texts = _split(row.get("eventStartDates")), _split(row.get("eventEndDates")), _split(row.get("eventDates"))
+    n = max(len(types), len(actors), len(starts), len(ends), len(texts))
+    creation = [i for i in range(n) if (types[i] if i < len(types) else "").lower() in ("creation", "creator", "")
+                and ((i < len(types) and types[i]) or n == 1)]
+    creators = [actors[i] for i in creation if i < len(actors) and actors[i]]
+    ds, de = None, None
+    for i in (creation or range(n)):
+        s = parse_iso_date(starts[i]) if i < len(starts) else None
+        e = parse_iso_date(ends[i], end=True) if i < len(ends) else None
+        if not s and i < len(texts): s, e = parse_date_text(texts[i])
+        if s: ds, de = (min(ds, s) if ds else s), (max(de, e or s) if de else (e or s))
+    return creators, ds, de, texts
+
+def load_atom_csv(path, *, unstated: str = "open", ref_sep: str = REF_SEP) -> tuple[list[dict], Counter]:
+    "An AtoM ISAD(G) CSV (the import/export template) as records, its hierarchy from parentId / qubitParentSlug."
+    path = Path(path)
+    counts = Counter(files=1)
+    rows, by_legacy = _atom_rows(path)
     stem = _slug(path.stem)
     def parent_of(row):
         pid = (row.get("parentId") or "").strip()
@@ -538,18 +563,7 @@ def load_atom_csv(path, *, unstated: str = "open", ref_sep: str = REF_SEP) -> tu
         ident = (row.get("identifier") or "").strip() or None
         pref = prec["ref_code"] if prec else None
         ref = None if ident is None else ident if not pref or ident.startswith(pref) else f"{pref}{ref_sep}{ident}"
-        types, actors = _split(row.get("eventTypes")), _split(row.get("eventActors"))
-        starts, ends, texts = _split(row.get("eventStartDates")), _split(row.get("eventEndDates")), _split(row.get("eventDates"))
-        n = max(len(types), len(actors), len(starts), len(ends), len(texts))
-        creation = [i for i in range(n) if (types[i] if i < len(types) else "").lower() in ("creation", "creator", "")
-                    and ((i < len(types) and types[i]) or n == 1)]
-        creators = [actors[i] for i in creation if i < len(actors) and actors[i]]
-        ds, de = None, None
-        for i in (creation or range(n)):
-            s = parse_iso_date(starts[i]) if i < len(starts) else None
-            e = parse_iso_date(ends[i], end=True) if i < len(ends) else None
-            if not s and i < len(texts): s, e = parse_date_text(texts[i])
-            if s: ds, de = (min(ds, s) if ds else s), (max(de, e or s) if de else (e or s)); 
+        creators, ds, de, texts = _atom_events(row)
         own_rule = _norm(row.get("accessConditions")) or None
         rule = own_rule or (prec["_rule"] if prec else None)
         for c in ATOM_STAFF_COLUMNS:
@@ -576,15 +590,8 @@ def load_atom_csv(path, *, unstated: str = "open", ref_sep: str = REF_SEP) -> tu
     for row in rows:
         if draft(row): counts["unpublished_dropped"] += 1; continue
         recs.append(build(row))
-    for r in recs:
-        counts["records"] += 1
-        counts[f"level:{r['level'] or '(none)'}"] += 1
-        counts[f"access:{r['access']['status']}"] += 1
-        if r["access"]["rule"] is None: counts["access_unstated"] += 1
-        if r["_inherited"]: counts["access_inherited"] += 1
-        if r["date_start"] is None: counts["undated"] += 1
-        if not r["text"]: counts["no_text"] += 1
-    for r in out.values(): r.pop("_rule", None); r.pop("_inherited", None)
+    _count_records(recs, counts)
+    for r in out.values(): r.pop("_rule", None); r.pop("_inherited", None)  # drafts' ancestors built but not kept
     return recs, counts
 
 # %% ../nbs/00d_archives.ipynb #c023
