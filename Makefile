@@ -46,7 +46,8 @@ test: check-sync
 	cd nbs && ../$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/python -m pytest -q tests
 
-# The quick tier, before a push: tests marked `fast` (no LLM generation, no training), under 3 minutes on 2 cores.
+# The quick tier, before a push: tests marked `fast` (no LLM generation, no training): about 12 minutes on a busy
+# 2-core machine so far, to be trimmed to under 3.
 test-fast:
 	$(BIN)/python -m pytest -q -m fast tests
 
