@@ -319,3 +319,10 @@ def test_ask_bm25_without_a_match_says_no_passage(index_dir, tmp_path):
     r = run_cli("ask", "--index_dir", index_dir, "--base_url", "http://127.0.0.1:9/v1", "--model", "none",
                 "--retrieval", "bm25", "--min_score", "-1", "zzzqqq xyzzy", cwd=tmp_path)
     assert r.returncode == 0 and "could not find any passage" in r.stdout and "Passages: none found" in r.stdout, r.stderr
+
+
+@pytest.mark.fast
+def test_api12_format_prompt_with_text_none_names_the_passage():
+    from archivesrag.rag import format_prompt
+    with pytest.raises(InputError, match=r"passage 1 \(a#0\): 'text' must be a string, not NoneType"):
+        format_prompt("What is kept?", [{"id": "a#0", "text": None}])
