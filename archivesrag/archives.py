@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
-from .corpus import InputError
+from .core import InputError
 
 # %% auto #0
 __all__ = ['RECORD_FIELDS', 'ACCESS_STATUSES', 'WC_FLOOR', 'REF_SEP', 'EAD2002_NS', 'EAD3_NS', 'OAI_NS', 'OAI_DC_NS', 'DC_NS',
@@ -46,6 +46,7 @@ def new_record(**fields) -> dict:
     rec.update(fields)
     return rec
 
+# %% ../nbs/00d_archives.ipynb #c008_1
 def _norm(s) -> str:
     "Whitespace collapsed to single spaces, stripped."
     return " ".join(str(s).split()) if s is not None else ""
@@ -82,6 +83,7 @@ def parse_iso_date(s: str | None, end: bool = False) -> str | None:
     y, mo, d = (int(g) if g else None for g in m.groups())
     return _iso(y, mo, d, end=end)
 
+# %% ../nbs/00d_archives.ipynb #c010_1
 def parse_normal(normal: str | None) -> tuple[str | None, str | None]:
     "EAD's `@normal` (`1900/1906`, `1961`, `1932-05/1933`) or any ISO date or interval, as (start, end)."
     parts = [p for p in _norm(normal).split("/")] if normal else []
@@ -90,6 +92,7 @@ def parse_normal(normal: str | None) -> tuple[str | None, str | None]:
     if start is None or end is None: return None, None
     return (start, end) if start <= end else (None, None)
 
+# %% ../nbs/00d_archives.ipynb #c010_2
 _YEAR_RE = re.compile(r"(?<![\d/])(1[0-9]{3}|20[0-9]{2})(?![\d/]|s\b|'s\b)")
 _RANGE_SEP = re.compile(r"^\s*(?:-|–|—|to|until|/)\s*$", re.I)
 
@@ -201,6 +204,7 @@ def check_doctype(path) -> None:
         raise InputError(f"{path}: line {line}: the DOCTYPE declares {what}; entities are never expanded or fetched "
                          "here, so the file is refused")
 
+# %% ../nbs/00d_archives.ipynb #c014_1
 _PARSE_OPTS = dict(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                    remove_comments=True, remove_pis=True, huge_tree=False)
 
@@ -297,6 +301,7 @@ def load_archive(path, *, wc_floor: float = WC_FLOOR, unstated: str = "open",
     counts[f"format:{kind}"] += 1
     return recs, dict(counts)
 
+# %% ../nbs/00d_archives.ipynb #c016s_1
 def _load_one(path, kind, wc_floor, unstated, ref_sep):
     if kind in ("ead2002", "ead3"): return load_ead(path, unstated=unstated, ref_sep=ref_sep)
     if kind == "atom_csv": return load_atom_csv(path, unstated=unstated, ref_sep=ref_sep)
@@ -651,7 +656,7 @@ def load_alto(path, *, wc_floor: float = WC_FLOOR, unstated: str = "open") -> tu
     confidence `wc` where the file has WC, words under `wc_floor` counted."""
     path = Path(path)
     counts = Counter(files=1)
-    blocks, lines, words, wcs, langs = [], [], [], [], Counter()
+    blocks, lines, wcs, langs = [], [], [], Counter()
     join_next = False       # the last word of the previous line continues on this line
     fname = None
     for _, el in iter_xml(path, events=("end",)):
@@ -775,16 +780,21 @@ def _filter_date(value, flag: str, end: bool = False) -> str | None:
 # %% ../nbs/00d_archives.ipynb #c027l
 def unit_keys(records: list[dict], id_field: str = "id") -> list[set[str]]:
     """For each record: the ids, reference codes and titles of itself and every ancestor, casefolded (for `within`).
-    `id_field` names the unit's id: `id` for archival records, `doc_id` for corpus passages (chunks of one unit)."""
+    `id_field` names the unit's id: `id` for archival records, `doc_id` for corpus passages (chunks of one unit).
+    A code written with slashes names its ancestors too (`PA/APR/003` is within `PA/APR` and `PA`), for flat lists
+    of items whose fonds and series are not records of their own."""
     by_id = {}
     for r in records: by_id.setdefault(str(r.get(id_field)), r)
     def keys(r, seen=()):
         own = {_norm(v).casefold() for v in (r.get(id_field), r.get("ref_code"), r.get("title")) if v}
+        code = _norm(r.get("ref_code")).casefold()
+        own |= {code.rsplit("/", i)[0] for i in range(1, code.count("/") + 1)}
         own |= {_norm(t).casefold() for t in r.get("breadcrumb") or []}
         parent = by_id.get(str(r.get("parent_id")))
         return own | keys(parent, (*seen, id(r))) if parent is not None and id(parent) not in seen else own
     return [keys(r) for r in records]
 
+# %% ../nbs/00d_archives.ipynb #c027l_1
 def matches(filt: RecordFilter, record: dict, keys: set[str] = frozenset()) -> bool:
     "Whether `record` passes `filt` (`keys`: its `unit_keys`)."
     start, end = filt.date_from, filt.date_to

@@ -11,149 +11,19 @@ import csv
 import hashlib
 import io
 import json
-import os
-import re
-import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from tqdm.auto import tqdm
 
+from .core import InputError, check_output_path, check_text, data_path, read_jsonl, read_lines, write_jsonl
+
 # %% auto #0
-__all__ = ['STRUCTURED_FIELDS', 'MAX_DOCUMENT_CHARS', 'FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'InputError', 'read_text',
-           'read_jsonl', 'check_output_path', 'check_not_input', 'write_atomic', 'write_jsonl', 'append_jsonl',
-           'normalize_records', 'read_csv_records', 'read_folder_records', 'check_chunking', 'chunk_text',
-           'archival_records', 'load_corpus', 'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint',
-           'load_passages', 'plot_passage_lengths', 'plot_passages_per', 'corpus_cli']
-
-# %% ../nbs/00_corpus.ipynb #c010
-class InputError(ValueError):
-    "Bad input the user can fix: the message names the file (and line) and says what is wrong."
-
-# %% ../nbs/00_corpus.ipynb #c011
-def _open_text(path: Path) -> list[str]:
-    "Lines of `path` decoded as UTF-8 (a BOM is accepted), or an `InputError` naming the first bad line."
-    path = Path(path)
-    if not path.exists(): raise InputError(f"{path}: no such file")
-    if path.is_dir(): raise InputError(f"{path}: is a folder, expected a file")
-    if not path.is_file():  # a FIFO or a device: reading it waits for a writer that may never come
-        raise InputError(f"{path}: not a regular file (a pipe, socket or device); save the data to a file first")
-    try: raw = path.read_bytes()
-    except OSError as e: raise InputError(f"{path}: cannot read the file ({e.strerror}); check its permissions") from None
-    if not raw.strip(): raise InputError(f"{path}: the file is empty")
-    if raw.startswith(b"\xef\xbb\xbf"): raw = raw[3:]  # Excel and PowerShell write a UTF-8 BOM; it is harmless
-    lines = raw.split(b"\n")
-    out = []
-    for i, line in enumerate(lines, 1):
-        try: out.append(line.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}:{i}: not UTF-8 text (byte {line[e.start:e.start+1]!r} at column {e.start+1}); "
-                             "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
-    return out
-
-def read_text(path: str | Path) -> str:
-    "The whole of a UTF-8 text file (a prompt, a note), or an `InputError` naming the file and the first bad line."
-    return "\n".join(_open_text(path)).strip()
-
-# %% ../nbs/00_corpus.ipynb #c012
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: half of a UTF-16 pair
-
-def _no_lone_surrogate(text: str, where: str) -> None:
-    "Raise an `InputError` if `text` holds a lone surrogate: not a character, and no tokenizer or file encoder takes it."
-    try: text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InputError(f"{where}: a lone surrogate ({text[e.start]!r}, half of a UTF-16 pair) is not text; "
-                         "remove it or fix the program that exported the file") from None
-
-def _parse_line(line: str, where: str):
-    "One JSON value from one line, or an `InputError` at `where` (file:line) saying what is wrong."
-    if "\x00" in line: raise InputError(f"{where}: NUL byte at column {line.index(chr(0)) + 1}; the file is binary or damaged")
-    try: rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        msg = e.msg.removesuffix(" at")  # json's "Invalid control character at" already ends in "at"
-        raise InputError(f"{where}: malformed JSON ({msg} at column {e.colno})") from None
-    except RecursionError:  # json recurses once per level: 200,000 nested brackets exhaust the stack
-        raise InputError(f"{where}: JSON nested too deeply (more than {sys.getrecursionlimit()} levels); "
-                         "a record is one flat object") from None
-    if _SURROGATE_ESCAPE.search(line): _no_lone_surrogate(json.dumps(rec, ensure_ascii=False), where)
-    return rec
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    "Read a JSON Lines file into a list of dicts; each record gets `_line`, its line number, for later messages."
-    path = Path(path)
-    records = []
-    for i, line in enumerate(_open_text(path), 1):
-        if not line.strip(): continue
-        rec = _parse_line(line, f"{path}:{i}")
-        if not isinstance(rec, dict): raise InputError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
-        rec["_line"] = i
-        records.append(rec)
-    if not records: raise InputError(f"{path}: the file has no records")
-    return records
-
-# %% ../nbs/00_corpus.ipynb #c013
-def check_output_path(path: str | Path) -> Path:
-    "`path` as a `Path` if a file can be written there (its folder is created), else an `InputError` saying why."
-    path = Path(path)
-    if path.is_dir(): raise InputError(f"{path}: is a folder; give a file name, e.g. {path / 'out.jsonl'}")
-    if path.exists() and not path.is_file():  # appending to a FIFO blocks; replacing a device node breaks the system
-        raise InputError(f"{path}: not a regular file (a pipe, socket or device); give the name of a file")
-    parent = path.parent
-    for p in (parent, *parent.parents):  # the nearest existing ancestor must be a folder
-        if p.exists():
-            if not p.is_dir(): raise InputError(f"{path}: cannot write there, {p} is a file, not a folder")
-            break
-    try: parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise InputError(f"{path}: cannot create the folder {parent} ({e.strerror})") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: no permission to write in the folder {parent}; choose another --output_file")
-    return path
-
-def check_not_input(out: str | Path, inputs: dict, flag: str = "--output_file") -> Path:
-    "`out` as a `Path`, or an `InputError` if it is (by name, symlink or hard link) one of `inputs` ({flag: path})."
-    out = Path(out)
-    for name, src in inputs.items():
-        if src is None or not isinstance(src, (str, Path)) or not Path(src).exists() or not out.exists(): continue
-        if os.path.samefile(src, out):  # same inode: catches symlinks and hard links, not only equal names
-            raise InputError(f"{out}: {flag} is the {name} file ({src}); an input is never written over, "
-                             "so choose another path")
-    return out
-
-def write_atomic(path: str | Path, data: str | bytes | Iterable[str]) -> Path:
-    "Write `data` (text, bytes, or an iterable of text pieces) to `path` atomically: the old file or the new, never half."
-    path = check_output_path(path)
-    try: fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e: raise InputError(f"{path}: cannot write in the folder {path.parent} ({e.strerror})") from None
-    try:
-        with open(fd, "wb") as f:
-            if isinstance(data, (str, bytes)): data = [data]
-            for piece in data: f.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
-            f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file is what the user expects
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError): raise InputError(f"{path}: cannot write the file ({e.strerror})") from None
-        raise
-    return path
-
-def _umask() -> int:
-    mask = os.umask(0); os.umask(mask); return mask
-
-def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    "Write `records` to `path` as JSON Lines, atomically (see `write_atomic`)."
-    # default=str: dates and other scalars that datasets/Arrow produce become text
-    return write_atomic(path, (json.dumps({k: v for k, v in r.items() if k != "_line"}, ensure_ascii=False,
-                                          default=str) + "\n" for r in records))
-
-# %% ../nbs/00_corpus.ipynb #c014
-def append_jsonl(record: dict, f) -> None:
-    "Append one record to the open file `f` and push it to disk, so a crash right after loses nothing."
-    f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+__all__ = ['STRUCTURED_FIELDS', 'MAX_DOCUMENT_CHARS', 'FOLDER_SUFFIXES', 'JSONL_SUFFIXES', 'normalize_records',
+           'read_csv_records', 'read_folder_records', 'check_chunking', 'chunk_text', 'archival_records', 'load_corpus',
+           'sample_path', 'load_sample', 'save_corpus', 'corpus_fingerprint', 'load_passages', 'plot_passage_lengths',
+           'plot_passages_per', 'corpus_cli']
 
 # %% ../nbs/00_corpus.ipynb #c018
 STRUCTURED_FIELDS = ("access", "breadcrumb")
@@ -178,6 +48,12 @@ def _check_size(text: str, where: str) -> None:
         raise InputError(f"{where}: the text is {len(text):,} characters, over the limit of {MAX_DOCUMENT_CHARS:,} "
                          "for one document; split it into several records (e.g. one per chapter or page)")
 
+def _withheld(r: dict) -> str | None:
+    "Why a record is never indexed, for anyone: staff-only (`audience: internal`, as in EAD) or not published."
+    if str(r.get("audience", "")).strip().lower() == "internal": return "internal_dropped"
+    if r.get("published") is False or str(r.get("publicationStatus", "")).strip().lower() == "draft": return "unpublished_dropped"
+    return None
+
 def normalize_records(records: list[dict], source: str | Path, text_field: str = "text",
                       id_field: str | None = None) -> tuple[list[dict], dict]:
     "Turn raw records into documents `{doc_id, title, text, **metadata}`; returns `(documents, report)`."
@@ -189,9 +65,10 @@ def normalize_records(records: list[dict], source: str | Path, text_field: str =
         if text_field not in r: raise InputError(f"{where}: record has no '{text_field}' field (fields: {', '.join(k for k in r if k != '_line')})")
         text = r[text_field]
         if not isinstance(text, str): raise InputError(f"{where}: '{text_field}' must be a string, got {type(text).__name__}")
-        _no_lone_surrogate(text, where)
+        check_text(text, where)
         _check_size(text, where)
         if not text.strip(): report["skipped_empty_text"] += 1; continue
+        if _withheld(r): report[_withheld(r)] += 1; continue
         key = id_field or next((k for k in ("doc_id", "id", "docid", "_id") if k in r), None)
         doc_id = _id_str(r[key], where) if key and r.get(key) not in (None, "") else f"{source.stem}-{line}"
         if doc_id in seen: raise InputError(f"{where}: duplicate id '{doc_id}' (first seen on line {seen[doc_id]})")
@@ -218,7 +95,7 @@ def _check_archival_fields(meta: dict, where: str) -> None:
 def read_csv_records(path: str | Path) -> list[dict]:
     "Rows of a CSV file as dicts, with `_line` (the header is line 1)."
     path = Path(path)
-    text = "\n".join(_open_text(path))
+    text = "\n".join(read_lines(path))
     # strict: an unclosed quote is an error, not a field that swallows every row after it
     rows, reader = [], csv.DictReader(io.StringIO(text), strict=True)
     start = 2  # the line the record being read starts on: where its bad quote is
@@ -234,6 +111,7 @@ def read_csv_records(path: str | Path) -> list[dict]:
     if not rows: raise InputError(f"{path}: the file has no records")
     return rows
 
+# %% ../nbs/00_corpus.ipynb #c021_1
 def _read_pdf(path: Path) -> str:
     from pypdf import PdfReader
     reader = PdfReader(str(path))
@@ -243,11 +121,11 @@ FOLDER_SUFFIXES = {".txt", ".md", ".pdf"}
 
 def _read_one_file(p: Path) -> str:
     "The text of a .txt/.md/.pdf file, or an `InputError` saying why it cannot be used."
-    if p.suffix.lower() != ".pdf": return "\n".join(_open_text(p))
+    if p.suffix.lower() != ".pdf": return "\n".join(read_lines(p))
     try: text = _read_pdf(p)
     except Exception as e:  # pypdf raises many types on damaged files; all mean "cannot read this one"
         raise InputError(f"{p}: unreadable PDF ({type(e).__name__}: {e})") from None
-    _no_lone_surrogate(text, str(p))  # a damaged ToUnicode map can yield half of a UTF-16 pair
+    check_text(text, str(p))  # a damaged ToUnicode map can yield half of a UTF-16 pair
     return text
 
 def read_folder_records(folder: str | Path) -> tuple[list[dict], dict]:
@@ -281,6 +159,7 @@ def check_chunking(max_tokens: int | None, overlap: int) -> None:
     if max_tokens and overlap >= max_tokens:
         raise InputError(f"--overlap ({overlap}) must be smaller than --max_tokens ({max_tokens})")
 
+# %% ../nbs/00_corpus.ipynb #c023_1
 def chunk_text(text: str, tokenizer, max_tokens: int = 256, overlap: int = 32) -> list[str]:
     "Split `text` into windows of at most `max_tokens` tokens of `tokenizer`, overlapping by `overlap` tokens."
     check_chunking(max_tokens, overlap)
@@ -313,6 +192,7 @@ def archival_records(path: Path) -> tuple[list[dict], dict]:
             for n, u in enumerate(units, 1)]
     return docs, counts
 
+# %% ../nbs/00_corpus.ipynb #c026_1
 def _records_from(path: Path) -> tuple[list[dict], dict]:
     if _is_archive(path): return archival_records(path)
     if path.is_dir(): return read_folder_records(path)
@@ -355,17 +235,19 @@ def _default_tokenizer_path():
 # %% ../nbs/00_corpus.ipynb #c027
 def sample_path() -> Path:
     "Path of the sample archive bundled with the package (JSONL, one document per line)."
-    from importlib.resources import files  # works in the notebook and in the installed package alike
-    return Path(str(files("archivesrag") / "data" / "sample_archive.jsonl"))
+    return data_path("sample_archive.jsonl")
 
+# %% ../nbs/00_corpus.ipynb #c027_1
 def load_sample(max_tokens: int | None = 256, overlap: int = 32, verbose: bool = True):
     "The bundled sample archive as passages (a `datasets.Dataset`)."
     return load_corpus(sample_path(), max_tokens=max_tokens, overlap=overlap, verbose=verbose)
 
+# %% ../nbs/00_corpus.ipynb #c027_2
 def save_corpus(ds, path: str | Path) -> Path:
     "Write a passage dataset to JSONL: the `corpus.jsonl` every later step reads."
     return write_jsonl(ds, path)
 
+# %% ../nbs/00_corpus.ipynb #c027_3
 def corpus_fingerprint(texts: Iterable[str]) -> str:
     "A short content hash of the passages, used to key caches of embeddings."
     h = hashlib.sha256()
@@ -435,6 +317,7 @@ def plot_passage_lengths(ds, tokenizer=None, ax=None, max_tokens: int | None = N
     ax.set_title("Passage length", loc="left")
     return ax
 
+# %% ../nbs/00_corpus.ipynb #c031_1
 def plot_passages_per(ds, column: str = "series", ax=None, top: int = 15):
     "Horizontal bar chart: number of passages per value of `column` (e.g. series or fonds), the `top` largest."
     import matplotlib.pyplot as plt

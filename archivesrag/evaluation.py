@@ -7,13 +7,9 @@ Docs: https://archivesrag.github.io/archivesrag/evaluation.html.md"""
 # %% ../nbs/04_evaluation.ipynb #c005
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import warnings
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -22,151 +18,27 @@ import numpy as np
 from fastcore.script import store_true
 
 from .archives import AccessPolicy, visible_mask
-from .corpus import InputError, load_passages, read_jsonl, write_atomic
-from .negatives import load_split, save_split, select_queries, split_by_document
-from .retrieval import (BM25, TEXT_FIELDS, Rankings, Retriever, bm25_search, build_bm25, model_identity,
-                                   passage_texts)
-
-METRICS = ["ndcg@10", "recall@1", "recall@10", "recall@100", "mrr@10", "map@100"]
-"The metrics every table reports, in ranx's names."
-
-@contextmanager
-def _quiet():
-    "Silence numba's 'unsafe cast from uint64 to int64' warnings that ranx triggers on every call."
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*unsafe cast.*")
-        yield
+from .core import InputError, read_json, read_jsonl, write_json
+from .corpus import load_passages
+from .glasgow import find_cisi, load_glasgow
+from .metrics import METRICS, evaluate_runs, format_table, paired_bootstrap, quiet_ranx, to_run
+from .plots import plot_best_system, plot_metrics, plot_wins
+from .splits import load_split, query_split, save_split, select_queries, split_by_document
+from .retrieval import (BM25, NO_BREADCRUMBS, NO_HELD_OUT_QUERIES, TEXT_FIELDS, TEXT_VIEW_CHOICES, TEXT_VIEWS,
+                                   Rankings, Retriever, build_bm25, check_count, default_text_view,
+                                   has_breadcrumbs, model_identity, passage_texts, view_fields)
 
 # %% auto #0
-__all__ = ['METRICS', 'read_glasgow_records', 'read_glasgow_qrels', 'load_glasgow', 'find_cisi', 'subsample_collection', 'to_run',
-           'bm25_run', 'dense_run', 'tune_fusion_weight', 'system_runs', 'evaluate_runs', 'evaluate_systems',
-           'metrics_table', 'format_table', 'plot_metrics', 'wins_losses', 'plot_wins', 'plot_query_scatter',
-           'plot_best_system', 'queries_from_records', 'tuning_half', 'paired_bootstrap', 'EvalSet', 'query_split',
-           'collection_set', 'visible_corpus', 'archive_set', 'save_fusion_weight', 'tuned_fusion_weight',
-           'eval_systems', 'evaluate', 'evaluate_cli']
+__all__ = ['bm25_run', 'tune_fusion_weight', 'system_runs', 'evaluate_systems', 'queries_from_records', 'tuning_half',
+           'choose_text_view', 'text_view_line', 'EvalSet', 'collection_set', 'visible_corpus', 'archive_set',
+           'save_fusion_weight', 'tuned_fusion_weight', 'tuned_text_view', 'systems_to_compare',
+           'choose_eval_text_view', 'evaluate', 'evaluate_cli']
 
-# %% ../nbs/04_evaluation.ipynb #c014
-_FIELD = re.compile(r"^\.([A-Z])\s*$")
-_ID = re.compile(r"^\.I(?:\s+(\S*))?\s*$")
-
-def read_glasgow_records(path: str | Path) -> list[dict]:
-    "Records of a Glasgow-format file (`.I` id, then `.T/.A/.W/.B/.X/…` fields) as dicts: `id`, `_line`, one key per field."
-    path = Path(path)
-    if not path.exists(): raise InputError(f"{path}: no such file")
-    text = path.read_bytes().decode("latin-1")  # Latin-1 decodes any byte: the collections are 7-bit ASCII + a few accents
-    records, cur, field, seen = [], None, None, {}
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.startswith(".I"):
-            m = _ID.match(line)
-            if not m or not m.group(1): raise InputError(f"{path}:{i}: '.I' must be followed by a record id, got {line!r}")
-            rid = m.group(1)
-            if rid in seen: raise InputError(f"{path}:{i}: duplicate record id {rid} (first on line {seen[rid]})")
-            seen[rid] = i
-            cur, field = {"id": rid, "_line": i}, None
-            records.append(cur)
-            continue
-        m = _FIELD.match(line)
-        if m:
-            if cur is None: raise InputError(f"{path}:{i}: field {line.strip()} before the first '.I' record")
-            field = m.group(1)
-            cur.setdefault(field, []).append([])  # a repeated field (several .A) becomes several entries
-            continue
-        if cur is None:
-            if line.strip(): raise InputError(f"{path}:{i}: text before the first '.I' record: {line[:40]!r}")
-            continue
-        if field is None:
-            if line.strip(): raise InputError(f"{path}:{i}: text outside any field in record {cur['id']}")
-            continue
-        cur[field][-1].append(line)
-    if not records: raise InputError(f"{path}: no '.I' records found (is this a Glasgow-format file?)")
-    for r in records:
-        for f in [k for k in r if len(k) == 1]:
-            r[f] = [" ".join(" ".join(lines).split()) for lines in r[f]]  # one clean string per entry
-    return records
-
-# %% ../nbs/04_evaluation.ipynb #c014g
-def read_glasgow_qrels(path: str | Path, known_queries=None, known_docs=None) -> dict[str, dict[str, int]]:
-    "Judgements of a `.REL` file as `{query_id: {doc_id: 1}}` (CISI style `q d 0 0.0` or TREC style `q 0 d rel`)."
-    path = Path(path)
-    if not path.exists(): raise InputError(f"{path}: no such file")
-    qrels, unknown = {}, Counter()
-    for i, line in enumerate(path.read_bytes().decode("latin-1").splitlines(), 1):
-        parts = line.split()
-        if not parts: continue
-        if len(parts) < 2: raise InputError(f"{path}:{i}: expected 'query-id doc-id ...', got {line!r}")
-        if len(parts) == 4 and parts[1] in {"0", "Q0"} and re.fullmatch(r"-?\d+", parts[3]):
-            q, d, rel = parts[0], parts[2], int(parts[3])  # TREC qrels: query 0 doc relevance
-        else: q, d, rel = parts[0], parts[1], 1
-        if known_queries is not None and q not in known_queries: unknown["queries"] += 1; continue
-        if known_docs is not None and d not in known_docs: unknown["documents"] += 1; continue
-        if rel > 0: qrels.setdefault(q, {})[d] = rel
-    if unknown: print(f"{path.name}: skipped judgements naming unknown " + ", ".join(f"{k} ({v})" for k, v in unknown.items()))
-    if not qrels: raise InputError(f"{path}: no relevance judgements found")
-    return qrels
-
-def _find_file(folder: Path, prefix: str, ext: str) -> Path:
-    for p in (folder / f"{prefix}.{ext}", folder / f"{prefix.lower()}.{ext.lower()}"):
-        if p.exists(): return p
-    hits = [p for p in folder.glob("*") if p.name.lower() == f"{prefix}.{ext}".lower()]
-    if hits: return hits[0]
-    raise InputError(f"{folder}: no {prefix}.{ext} file (expected {prefix}.ALL, {prefix}.QRY and {prefix}.REL)")
-
-def load_glasgow(folder: str | Path, prefix: str = "CISI"):
-    "A Glasgow test collection: `(corpus Dataset [id, doc_id, title, text, author], queries {qid: text}, qrels {qid: {docid: 1}})`."
-    from datasets import Dataset
-    folder = Path(folder)
-    if not folder.is_dir(): raise InputError(f"{folder}: no such folder (get CISI from http://ir.dcs.gla.ac.uk/resources/test_collections/cisi/)")
-    docs = read_glasgow_records(_find_file(folder, prefix, "ALL"))
-    qrys = read_glasgow_records(_find_file(folder, prefix, "QRY"))
-    rows = [{"id": d["id"], "doc_id": d["id"], "title": " ".join(d.get("T", [])), "text": " ".join(d.get("W", [])),
-             "author": "; ".join(d.get("A", []))} for d in docs]
-    empty = [r["id"] for r in rows if not (r["title"] or r["text"])]
-    if empty: print(f"{prefix}.ALL: {len(empty)} record(s) without title or text")
-    queries = {q["id"]: " ".join(q.get("W", []) or q.get("T", [])) for q in qrys}
-    qrels = read_glasgow_qrels(_find_file(folder, prefix, "REL"), known_queries=set(queries), known_docs={r["id"] for r in rows})
-    return Dataset.from_list(rows), queries, qrels
-
-def find_cisi(path: str | Path | None = None) -> Path | None:
-    "The CISI folder: `path`, else `$ARCHIVESRAG_CISI`, else `shared/datasets/cisi` beside the repository; None if absent."
-    import os
-    cands = [path, os.environ.get("ARCHIVESRAG_CISI")]
-    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-    for base in [here, Path.cwd(), *Path.cwd().parents, *here.parents]:
-        cands.append(base / ".." / "shared" / "datasets" / "cisi")
-    for c in cands:
-        if c and (Path(c) / "CISI.ALL").exists(): return Path(c).resolve()
-    return None
-
-# %% ../nbs/04_evaluation.ipynb #c015
-def subsample_collection(corpus, queries: dict, qrels: dict, n_queries: int = 20, n_distractors: int = 300, seed: int = 42):
-    "A small slice of a judged collection for quick runs: `n_queries` judged queries, their relevant documents + distractors."
-    qids = sorted(qrels, key=lambda q: (len(q), q))
-    random.Random(seed).shuffle(qids)
-    keep_q = sorted(qids[:n_queries], key=lambda q: (len(q), q))
-    rel = {d for q in keep_q for d in qrels[q]}
-    others = [i for i in corpus["id"] if i not in rel]
-    random.Random(seed).shuffle(others)
-    keep_d = rel | set(others[:n_distractors])
-    rows = [i for i, d in enumerate(corpus["id"]) if d in keep_d]
-    return corpus.select(rows), {q: queries[q] for q in keep_q}, {q: qrels[q] for q in keep_q}
-
-# %% ../nbs/04_evaluation.ipynb #c029
-def to_run(hits: list, ids: list[str], qids: list[str]) -> dict[str, dict[str, float]]:
-    "A ranx-style run `{qid: {doc_id: score}}`, in rank order, from `Retriever` hits (one `(rows, scores)` per query)."
-    return {q: {ids[int(r)]: float(s) for r, s in zip(rows, scores)} for q, (rows, scores) in zip(qids, hits)}
-
+# %% ../nbs/04_evaluation.ipynb #c029b
 def bm25_run(bm25: BM25, queries: dict[str, str], corpus_ids: list[str], k: int = 100) -> dict[str, dict[str, float]]:
     "A run from BM25 alone (passages sharing no word with the query are left out)."
     qids = list(queries)
     return to_run(Retriever(None, bm25).search([queries[q] for q in qids], k, "bm25"), [str(i) for i in corpus_ids], qids)
-
-def dense_run(model_name_or_path, corpus_texts: list[str], corpus_ids: list[str], queries: dict[str, str],
-              k: int = 100, query_prompt: str | None = None, cache_dir=None, batch_size: int = 64) -> dict[str, dict[str, float]]:
-    "A run `{qid: {doc_id: cosine}}` from an embedding model: cached passage embeddings + exact faiss search."
-    r = Retriever.build(list(corpus_texts), model_name_or_path, bm25=False, cache_dir=cache_dir, batch_size=batch_size,
-                        query_prompt=query_prompt)
-    qids = list(queries)
-    return to_run(r.search([queries[q] for q in qids], k, "dense"), [str(i) for i in corpus_ids], qids)
 
 # %% ../nbs/04_evaluation.ipynb #c031
 def tune_fusion_weight(retriever: Retriever, rankings: Rankings, qrels: dict, qids: list[str], ids: list[str],
@@ -180,7 +52,7 @@ def tune_fusion_weight(retriever: Retriever, rankings: Rankings, qrels: dict, qi
     qrels_r, scores = Qrels({q: qrels[q] for q in sq}), {}
     for w in np.round(np.arange(0, 1 + 1e-9, step), 6):
         run = to_run(retriever.select(sub, rankings.dense[1].shape[1], "hybrid", weight=float(w)), ids, sq)
-        with _quiet(): scores[float(w)] = round(float(ranx_eval(qrels_r, Run(run), metric)), 6)
+        with quiet_ranx(): scores[float(w)] = round(float(ranx_eval(qrels_r, Run(run), metric)), 6)
     return max(scores, key=lambda w: (scores[w], -abs(w - 0.5))), scores  # a tie goes to the weight nearer 0.5
 
 # %% ../nbs/04_evaluation.ipynb #c035
@@ -214,20 +86,7 @@ def system_runs(corpus, queries: dict[str, str], systems: dict[str, str], k: int
         fusion[f"{name}+{bm25_name} RRF"] = {"method": "rrf", "k": 60, "depth": depth}
     return runs, fusion
 
-# %% ../nbs/04_evaluation.ipynb #c035b
-def evaluate_runs(qrels: dict, runs: dict[str, dict], metrics=METRICS) -> dict:
-    "Score named runs on `qrels` with ranx: `{'systems': {name: {metric: v}}, 'per_query': {qid: {name: ndcg@10}}}`."
-    from ranx import Qrels, Run, evaluate as ranx_eval
-    qrels_r = Qrels({q: dict(d) for q, d in qrels.items()})
-    systems, per_query = {}, {q: {} for q in qrels}
-    first = metrics[0] if "ndcg@10" not in metrics else "ndcg@10"
-    for name, run in runs.items():
-        run_r = Run({q: dict(run.get(q, {})) for q in qrels}, name=name)
-        with _quiet(): res = ranx_eval(qrels_r, run_r, list(metrics))
-        systems[name] = {m: round(float(res[m] if isinstance(res, dict) else res), 4) for m in metrics}
-        for q, v in run_r.scores[first].items(): per_query[q][name] = round(float(v), 4)
-    return {"systems": systems, "per_query": per_query}
-
+# %% ../nbs/04_evaluation.ipynb #c035c
 def evaluate_systems(corpus, queries: dict[str, str], qrels: dict, systems: dict[str, str], hybrid: bool = True,
                      k: int = 100, metrics=METRICS, tune_qids=None, fusion_weight: float | None = None,
                      text_fields=TEXT_FIELDS, query_prompt: str | None = None, cache_dir=None, return_runs: bool = False) -> dict:
@@ -244,85 +103,9 @@ def evaluate_systems(corpus, queries: dict[str, str], qrels: dict, systems: dict
     out = evaluate_runs(report_qrels, runs, metrics)
     weights = {n.split("+")[0]: f["weights"][n.split("+")[0]] for n, f in fusion.items() if f["method"] == "wsum"}
     out.update(n_queries=len(report_qrels), n_tune_queries=len(tune), fusion=fusion, fusion_weight=weights,
-               n_documents=len(known), text_fields=list(text_fields), models={n: str(s) for n, s in systems.items()})
+               n_documents=len(known), text_fields=list(view_fields(text_fields)), models={n: str(s) for n, s in systems.items()})
     if return_runs: out["runs"] = runs
     return out
-
-# %% ../nbs/04_evaluation.ipynb #c036
-def metrics_table(results: dict, metrics=None):
-    "The systems × metrics table of `evaluate_systems` results as a pandas DataFrame."
-    import pandas as pd
-    df = pd.DataFrame(results["systems"]).T
-    return df[[m for m in (metrics or df.columns)]]
-
-def format_table(results: dict, metrics=None, title: str | None = None) -> str:
-    "The metrics table as aligned text (3 decimals), with the number of queries."
-    df = metrics_table(results, metrics)
-    head = f"{title} — " if title else ""
-    n = f"{head}{results.get('n_queries', '?')} queries, {results.get('n_documents', '?')} documents"
-    if results.get("n_tune_queries"): n += f" ({results['n_tune_queries']} more queries tuned the fusion weight)"
-    return n + "\n" + df.to_string(float_format=lambda v: f"{v:.3f}")
-
-# %% ../nbs/04_evaluation.ipynb #c038
-def plot_metrics(results: dict, metrics=None, ax=None, title: str | None = None):
-    "Grouped bar chart: one group per metric, one bar per system."
-    import matplotlib.pyplot as plt
-    df = metrics_table(results, metrics)
-    ax = ax or plt.subplots(figsize=(min(10, max(6, 1.6 * len(df.columns))), 3.5))[1]
-    n, width = len(df), 0.8 / max(1, len(df))
-    x = np.arange(len(df.columns))
-    for i, (name, row) in enumerate(df.iterrows()):
-        ax.bar(x + (i - (n - 1) / 2) * width, row.values, width, label=name)
-    ax.set_xticks(x, df.columns)
-    ax.set(ylim=(0, 1.05), ylabel="score", title=title or f"Retrieval quality ({results.get('n_queries', '?')} queries)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # outside: bars stay visible
-    return ax
-
-def wins_losses(per_query: dict, system: str, baseline: str, eps: float = 1e-9) -> dict:
-    "Counts of queries where `system` beats, loses to, or ties `baseline` on nDCG@10."
-    d = [v[system] - v[baseline] for v in per_query.values() if system in v and baseline in v]
-    return {"wins": sum(x > eps for x in d), "losses": sum(x < -eps for x in d), "ties": sum(abs(x) <= eps for x in d)}
-
-def plot_wins(per_query: dict, system: str, baseline: str, ax=None):
-    "Per-query nDCG@10 difference `system − baseline`, sorted: green bars are wins, red bars losses."
-    import matplotlib.pyplot as plt
-    d = np.sort([v[system] - v[baseline] for v in per_query.values() if system in v and baseline in v])[::-1]
-    c = wins_losses(per_query, system, baseline)
-    ax = ax or plt.subplots(figsize=(7, 3))[1]
-    ax.bar(np.arange(len(d)), d, width=1.0, color=["#55A868" if x > 0 else "#C44E52" if x < 0 else "#999999" for x in d])
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(xlabel="queries (sorted)", ylabel="Δ nDCG@10",
-           title=f"{system} vs {baseline}: {c['wins']} wins, {c['losses']} losses, {c['ties']} ties")
-    return ax
-
-def plot_query_scatter(per_query: dict, x: str, y: str, ax=None):
-    "Per-query nDCG@10 of system `x` against system `y`; points above the diagonal are queries `y` wins."
-    import matplotlib.pyplot as plt
-    pts = np.array([(v[x], v[y]) for v in per_query.values() if x in v and y in v])
-    ax = ax or plt.subplots(figsize=(4, 4))[1]
-    ax.scatter(pts[:, 0], pts[:, 1], s=14, alpha=0.6)
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    c = wins_losses(per_query, y, x)
-    ax.set(xlabel=f"{x} nDCG@10", ylabel=f"{y} nDCG@10", xlim=(-0.03, 1.03), ylim=(-0.03, 1.03),
-           title=f"{y} wins {c['wins']}, {x} wins {c['losses']}")
-    return ax
-
-def plot_best_system(per_query: dict, systems=None, ax=None):
-    "For each system, the number of queries on which it alone scores highest (nDCG@10)."
-    import matplotlib.pyplot as plt
-    systems = systems or list(dict.fromkeys(s for v in per_query.values() for s in v))
-    wins = Counter()
-    for v in per_query.values():
-        vals = {s: v[s] for s in systems if s in v}
-        if not vals: continue
-        top = max(vals.values())
-        best = [s for s, x in vals.items() if x == top]
-        wins["(tie)" if len(best) > 1 else best[0]] += 1
-    names = [s for s in systems] + ["(tie)"]
-    ax = ax or plt.subplots(figsize=(6, 0.35 * len(names) + 1))[1]
-    ax.barh(names[::-1], [wins[s] for s in names[::-1]], color="#4C72B0")
-    ax.set(xlabel="queries won outright", title="Which system is best, query by query")
-    return ax
 
 # %% ../nbs/04_evaluation.ipynb #c040
 def queries_from_records(records: list[dict], corpus, source: str = "queries") -> tuple[dict, dict, dict]:
@@ -354,18 +137,59 @@ def tuning_half(qids, doc_of: dict | None = None, seed: int = 42, fraction: floa
     chosen = set(groups[:round(len(groups) * fraction)])
     return [q for q in qids if (doc_of or {}).get(q, q) in chosen]
 
-# %% ../nbs/04_evaluation.ipynb #c059
-def paired_bootstrap(per_query: dict, a: str, b: str, n: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
-    "Mean per-query difference `a − b` (e.g. nDCG@10 of `evaluate_runs`' `per_query`) with a paired bootstrap interval (scipy)."
-    from scipy.stats import bootstrap
-    d = np.array([v[a] - v[b] for v in per_query.values() if a in v and b in v], dtype=np.float64)
-    if len(d) < 2: raise InputError(f"need at least 2 queries scored by both '{a}' and '{b}', got {len(d)}")
-    # the percentile interval: BCa, scipy's default, fails when every difference is the same (e.g. all 0)
-    res = bootstrap((d,), np.mean, n_resamples=n, confidence_level=level, method="percentile",
-                    random_state=np.random.default_rng(seed))
-    return {"a": a, "b": b, "n_queries": len(d), "diff": round(float(d.mean()), 4),
-            "low": round(float(res.confidence_interval.low), 4), "high": round(float(res.confidence_interval.high), 4),
-            "level": level, "share_not_better": round(float((res.bootstrap_distribution <= 0).mean()), 4)}
+# %% ../nbs/04_evaluation.ipynb #c061v
+def _view_texts_retriever(corpus, view: str, model, cache_dir, query_prompt) -> Retriever:
+    "A `Retriever` over `corpus` read in `view`, BM25 and the embedder alike (`model='bm25'`: BM25 alone)."
+    texts = passage_texts(corpus, view)
+    if str(model).lower() == "bm25": return Retriever(None, build_bm25(texts))
+    return Retriever.build(texts, model, cache_dir=cache_dir, query_prompt=query_prompt)
+
+def choose_text_view(corpus, model_name_or_path=None, queries: dict | None = None, qrels: dict | None = None,
+                     qids=None, fusion_weight: float | None = None, metric: str = "ndcg@10", depth: int = 100,
+                     query_prompt: str | None = None, cache_dir=None, source: str | None = None,
+                     seed: int = 0) -> tuple[str, dict | str]:
+    """`(view, why)`: the text view (`own` or `breadcrumb`) whose hybrid ranking scores best on the held-out `qids`
+    (validation queries only!), each view with the fusion weight tuned on them unless `fusion_weight` is given.
+    `why` is a dict (queries, both scores, the paired bootstrap interval of breadcrumb − own) or, when there was
+    nothing to choose on, a string: `NO_BREADCRUMBS` or `NO_HELD_OUT_QUERIES`."""
+    if not has_breadcrumbs(corpus): return "own", NO_BREADCRUMBS
+    if not hasattr(corpus, "column_names"): corpus = load_passages(corpus)
+    ids = [str(i) for i in corpus["id"]]
+    known, queries = set(ids), queries or {}
+    qrels = {str(q): {str(d): r for d, r in j.items() if str(d) in known} for q, j in (qrels or {}).items()}
+    qids = [q for q in (qids if qids is not None else qrels) if qrels.get(str(q)) and str(q) in queries]
+    if len(qids) < 2: return "own", NO_HELD_OUT_QUERIES  # a paired interval needs two queries
+    qids, model = [str(q) for q in qids], model_name_or_path
+    model = "bm25" if str(model).lower() == "bm25" else model_identity(model)[0]
+    judged = {q: qrels[q] for q in qids}
+    depth = check_count(depth, "depth")
+    per_query, scores, weights = {q: {} for q in qids}, {}, {}
+    for view in TEXT_VIEWS:
+        r = _view_texts_retriever(corpus, view, model, cache_dir, query_prompt)
+        rk = r.rank([queries[q] for q in qids], depth)
+        w = fusion_weight if fusion_weight is not None or r.faiss_index is None else \
+            tune_fusion_weight(r, rk, judged, qids, ids, metric)[0]
+        run = to_run(r.select(rk, depth, "hybrid", weight=w), ids, qids)
+        res = evaluate_runs(judged, {view: run}, [metric])
+        scores[view], weights[view] = res["systems"][view][metric], None if w is None else round(float(w), 3)
+        for q, v in res["per_query"].items(): per_query[q][view] = v[view]
+    ci = paired_bootstrap(per_query, "breadcrumb", "own", seed=seed)
+    view = "breadcrumb" if ci["diff"] > 0 else "own"  # an exact tie keeps the passages' own text
+    return view, {"chosen": view, "queries": len(qids), "source": source, "metric": f"{metric} (hybrid)",
+                  "model": str(model), "scores": scores, "fusion_weights": weights,
+                  "breadcrumb_minus_own": {k: ci[k] for k in ("diff", "low", "high", "level")},
+                  "within_noise": bool(ci["low"] <= 0 <= ci["high"])}
+
+# %% ../nbs/04_evaluation.ipynb #c061v_1
+def text_view_line(view: str, why) -> str:
+    "One line saying which text view an index or an evaluation uses, and why (the scores it was chosen on)."
+    if not isinstance(why, dict): return f"text view: {view} ({why or 'given'})"
+    s, d = why["scores"], why["breadcrumb_minus_own"]
+    noise = "within noise, so either would do" if why["within_noise"] else "more than noise"
+    src = f" [{why['source']}]" if why.get("source") else ""
+    return (f"text view: {view} (chosen on {why['queries']} held-out queries{src}: {why['metric']} own {s['own']:.3f}, "
+            f"breadcrumb {s['breadcrumb']:.3f}; breadcrumb − own {d['diff']:+.3f}, {d['level']:.0%} interval "
+            f"[{d['low']:+.3f}, {d['high']:+.3f}]: {noise})")
 
 # %% ../nbs/04_evaluation.ipynb #c053
 @dataclass
@@ -379,27 +203,13 @@ class EvalSet:
     metrics_name: str = "metrics.json"
     info: dict = field(default_factory=dict)
 
+# %% ../nbs/04_evaluation.ipynb #c053_1
 def _parse_collection(spec: str) -> tuple[str, Path]:
     name, sep, folder = spec.partition(":")
     if not sep: name, folder = "cisi", spec
     folder = find_cisi(folder) if name.lower() == "cisi" and not folder else Path(folder)
     if folder is None: raise InputError("no CISI folder: pass --collection cisi:/path/to/cisi or set ARCHIVESRAG_CISI")
     return name, Path(folder)
-
-def query_split(split_file, qrels: dict) -> dict:
-    "A fixed `{validation: [query id], test: [...]}` split of a collection's judged queries, e.g. `bench/cisi_query_split.json`."
-    f = Path(split_file)
-    try: split = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e: raise InputError(f"{f}: cannot read the split file ({e})") from None
-    except json.JSONDecodeError as e: raise InputError(f"{f}: not JSON ({e})") from None
-    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) and split[k] for k in ("validation", "test")):
-        raise InputError(f"{f}: a collection's split needs a non-empty 'validation' and 'test' list of query ids")
-    halves = {k: [str(q) for q in split[k]] for k in ("validation", "test")}
-    both = sorted(set(halves["validation"]) & set(halves["test"]))
-    if both: raise InputError(f"{f}: {len(both)} query id(s) are in both halves, e.g. '{both[0]}'")
-    unknown = sorted(set(halves["validation"] + halves["test"]) - set(qrels))
-    if unknown: raise InputError(f"{f}: {len(unknown)} query id(s) are not judged in this collection, e.g. '{unknown[0]}'")
-    return halves
 
 def collection_set(collection: str, seed: int = 42, tune: bool = True, split_file=None) -> EvalSet:
     "A Glasgow collection (`cisi:/folder`): its human queries; a seeded half, or `split_file`'s validation half, tunes the fusion weight."
@@ -445,6 +255,7 @@ def visible_corpus(corpus, policy: AccessPolicy | None = None) -> tuple:
     mask, hidden = visible_mask(corpus, policy)
     return (corpus if mask.all() else corpus.select(np.flatnonzero(mask))), dict(hidden)
 
+# %% ../nbs/04_evaluation.ipynb #c053b_1
 def archive_set(corpus_file=None, queries_file=None, split_file=None, out: Path = Path("eval"), test_size: float = 0.2,
                 seed: int = 42, tune: bool = True, warn: bool = False, policy: AccessPolicy | None = None) -> EvalSet:
     """The archive's held-out synthetic queries (test side of the split); validation queries, or half the test ones,
@@ -463,33 +274,38 @@ def archive_set(corpus_file=None, queries_file=None, split_file=None, out: Path 
     return EvalSet(corpus, queries, qrels, tune_qids, "sample archive" if corpus_file is None else Path(corpus_file).stem, info=info)
 
 # %% ../nbs/04_evaluation.ipynb #c053c
-def _write_json(path: Path, data: dict): write_atomic(path, json.dumps(data, indent=1))
-
 def _write_card(model_dir: Path, results: dict, label: str) -> Path:
     from archivesrag.training import update_model_card_metrics
     return update_model_card_metrics(model_dir, {f"{name} ({label})": vals for name, vals in results["systems"].items()})
 
 def save_fusion_weight(index_dir: str | Path, results: dict) -> Path:
-    "Write the fusion weight tuned for a search index's own model into its `manifest.json` (search and ask use it)."
-    f = Path(index_dir) / "manifest.json"
-    if not f.exists(): raise InputError(f"{index_dir}: no search index here (no manifest.json); build it first with "
-                                        f"`archivesrag search --index_dir {index_dir} --corpus_file CORPUS \"a query\"`")
-    try: m = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e: raise InputError(f"{f}: damaged ({e}); rebuild the index") from None
+    """Write the fusion weight tuned for a search index's own model into its `manifest.json` (search and ask use it),
+    and the text view chosen with it: an index that reads its passages in the other view is rebuilt in that one."""
+    from archivesrag.search import read_manifest, set_fusion_weight, set_text_view  # search owns its manifest
+    m = read_manifest(Path(index_dir))
     mine = [n for n, s in results["models"].items() if n in results.get("fusion_weight", {}) and model_identity(s)[0] == m.get("model")]
     if not mine: raise InputError(f"{index_dir}: this index was built with {m.get('model')}, and no evaluated model with a "
                                   f"tuned fusion weight is that model ({', '.join(results['models'].values())})")
-    m["fusion_weight"] = results["fusion_weight"][mine[0]]
-    m["fusion_weight_from"] = {"system": mine[0], "dataset": results["dataset"], "metrics_file": results.get("metrics_file")}
-    _write_json(f, m)
-    return f
+    set_fusion_weight(index_dir, results["fusion_weight"][mine[0]],
+                      {"system": mine[0], "dataset": results["dataset"], "metrics_file": results.get("metrics_file")})
+    view, why = results.get("text_view"), results.get("text_view_from")
+    if view and (isinstance(why, dict) or why == "given"):  # chosen on held-out queries, or asked for: the index reads it
+        set_text_view(index_dir, view, why)
+    return Path(index_dir) / "manifest.json"
 
+# %% ../nbs/04_evaluation.ipynb #c053c_1
 def tuned_fusion_weight(metrics_file: str | Path, system: str = "fine-tuned") -> float | None:
     "The fusion weight `evaluate` chose for `system` (in `metrics.json`), or None."
-    return json.loads(Path(metrics_file).read_text()).get("fusion_weight", {}).get(system)
+    return read_json(metrics_file, "metrics file", "run `archivesrag evaluate` again").get("fusion_weight", {}).get(system)
+
+# %% ../nbs/04_evaluation.ipynb #c053c_2
+def tuned_text_view(metrics_file: str | Path) -> tuple[str | None, dict | str | None]:
+    "`(text_view, text_view_from)` that `evaluate` chose (in `metrics.json`), for `SearchIndex.build`; `(None, None)` if none."
+    m = read_json(metrics_file, "metrics file", "run `archivesrag evaluate` again")
+    return m.get("text_view"), m.get("text_view_from")
 
 # %% ../nbs/04_evaluation.ipynb #c053d
-def eval_systems(retrieval: str, base_model=None, model_name_or_path=None, extra_models: dict | None = None) -> dict:
+def systems_to_compare(retrieval: str, base_model=None, model_name_or_path=None, extra_models: dict | None = None) -> dict:
     "The systems an evaluation compares: `{name: 'bm25' or a model}` for `retrieval` = dense, bm25 or hybrid."
     from archivesrag.models import resolve_embedder
     if retrieval not in {"dense", "bm25", "hybrid"}: raise InputError(f"--retrieval must be dense, bm25 or hybrid, not '{retrieval}'")
@@ -500,29 +316,73 @@ def eval_systems(retrieval: str, base_model=None, model_name_or_path=None, extra
         systems.update(extra_models or {})
     return systems
 
+# %% ../nbs/04_evaluation.ipynb #c053d_1
 def _check_numbers(k, fusion_weight) -> None:
     "Refuse a bad --k or --fusion_weight before any model loads (ranx would end in a traceback at k = 0)."
     if not isinstance(k, int) or k < 1: raise InputError(f"--k must be at least 1, got {k}")
     if fusion_weight is not None and not 0 <= fusion_weight <= 1:  # NaN fails this too
         raise InputError(f"--fusion_weight must be between 0 and 1, got {fusion_weight}")
 
+def _choice_system(systems: dict, index_dir=None) -> str:
+    "The system whose model chooses the text view: the index's model with `index_dir`, else fine-tuned, base, or BM25."
+    dense = {n: s for n, s in systems.items() if str(s).lower() != "bm25"}
+    if index_dir and Path(index_dir).is_dir():
+        from archivesrag.search import read_manifest  # search owns its manifest
+        try: want = read_manifest(Path(index_dir)).get("model")
+        except InputError: want = None
+        mine = [n for n, s in dense.items() if model_identity(s)[0] == want]
+        if mine: return mine[0]
+    return next((n for n in ("fine-tuned", "base") if n in dense), next(iter(dense), next(iter(systems))))
+
+def choose_eval_text_view(data: EvalSet, systems: dict, text_view: str | None = "auto", index_dir=None,
+                          fusion_weight: float | None = None, query_prompt: str | None = None,
+                          cache_dir=None) -> tuple[str, dict | str, str | None]:
+    """`(view, why, system)`: the text view an evaluation reads — given, or (`auto`) chosen by `choose_text_view` with
+    one system's model (`system`; None when nothing was chosen) on the queries that tune the fusion weight."""
+    view, why = default_text_view(data.corpus, text_view)
+    if text_view not in (None, "auto") or why == NO_BREADCRUMBS or not data.tune: return view, why, None
+    name = _choice_system(systems, index_dir)
+    view, why = choose_text_view(data.corpus, systems[name], data.queries, data.qrels, data.tune, fusion_weight,
+                                 query_prompt=query_prompt, cache_dir=cache_dir, source=f"validation, {data.label}")
+    if isinstance(why, dict): why["system"] = name
+    return view, why, name if isinstance(why, dict) else None
+
+# %% ../nbs/04_evaluation.ipynb #c053d_2
+def _both_views(results: dict, other: dict, system: str) -> dict:
+    "Both views' tables on the reported queries, and the paired interval of breadcrumb − own for `system`'s best row."
+    views = {r["text_view"]: r for r in (results, other)}
+    row = f"{system}+BM25" if f"{system}+BM25" in results["systems"] else system
+    pq = {q: {v: views[v]["per_query"][q][row] for v in TEXT_VIEWS} for q in results["per_query"]}
+    ci = {k: v for k, v in paired_bootstrap(pq, "breadcrumb", "own").items() if k not in ("a", "b")} if len(pq) >= 2 else None
+    return {"system": row, **{v: {"systems": views[v]["systems"], "fusion_weight": views[v]["fusion_weight"]} for v in TEXT_VIEWS},
+            "breadcrumb_minus_own": ci}  # no interval from fewer than 2 queries
+
 def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_file=None, corpus_file=None,
              output_dir="eval", collection: str | None = None, retrieval: str = "hybrid", k: int = 100,
              extra_models: dict | None = None, fusion_weight: float | None = None, query_prompt: str | None = None,
              test_size: float = 0.2, seed: int = 42, cache_dir=None, plots: bool = True, verbose: bool = True,
-             index_dir=None, policy: AccessPolicy | None = None) -> dict:
-    "Compare BM25, the base and the fine-tuned embedder (+ hybrids, ranked as search ranks) on held-out or judged queries."
+             index_dir=None, policy: AccessPolicy | None = None, text_view: str = "auto") -> dict:
+    """Compare BM25, the base and the fine-tuned embedder (+ hybrids, ranked as search ranks) on held-out or judged
+    queries. On an archive with breadcrumbs, `text_view="auto"` chooses what the passages read (own text, or
+    breadcrumb + own text) on the validation queries, reports both views, and with `index_dir` saves the choice."""
     _check_numbers(k, fusion_weight)
-    systems = eval_systems(retrieval, base_model, model_name_or_path, extra_models)
+    if text_view is not None and text_view not in TEXT_VIEW_CHOICES:  # before anything loads
+        raise InputError(f"--text_view must be one of {', '.join(TEXT_VIEW_CHOICES)}, not '{text_view}'")
+    systems = systems_to_compare(retrieval, base_model, model_name_or_path, extra_models)
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     tune = retrieval == "hybrid" and fusion_weight is None
     data = collection_set(collection, seed, tune, split_file) if collection else \
            archive_set(corpus_file, queries_file, split_file, out, test_size, seed, tune, warn=bool(model_name_or_path),
                        policy=policy)
-    results = evaluate_systems(data.corpus, data.queries, data.qrels, systems, hybrid=retrieval == "hybrid", k=k,
-                               tune_qids=data.tune, fusion_weight=fusion_weight, query_prompt=query_prompt, cache_dir=cache_dir)
-    results = {"dataset": data.label, **data.info, **results, "metrics_file": str(out / data.metrics_name)}
-    _write_json(out / data.metrics_name, results)
+    view, why, chooser = choose_eval_text_view(data, systems, text_view, index_dir, fusion_weight, query_prompt, cache_dir)
+    scored = lambda v: {**evaluate_systems(data.corpus, data.queries, data.qrels, systems, hybrid=retrieval == "hybrid",
+                                           k=k, tune_qids=data.tune, fusion_weight=fusion_weight, text_fields=v,
+                                           query_prompt=query_prompt, cache_dir=cache_dir), "text_view": v}
+    results = scored(view)
+    if chooser is not None:  # both views were candidates: the other one on the same reported queries, for the record
+        results["text_views"] = _both_views(results, scored(next(v for v in TEXT_VIEWS if v != view)), chooser)
+    results = {"dataset": data.label, **data.info, **results, "text_view_from": why, "metrics_file": str(out / data.metrics_name)}
+    write_json(results, out / data.metrics_name)
     if plots: results["plots"] = _save_plots(results, out / "plots", data.label)
     if model_name_or_path and (Path(model_name_or_path) / "README.md").exists():
         results["model_card"] = str(_write_card(Path(model_name_or_path), results, data.label))
@@ -567,6 +427,7 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
                  no_plots: store_true = False,  # skip the PNG plots
                  clearance: str = "public",  # score what this reader sees: public, staff (restricted records too) or full (closed too)
                  as_of: str = None,  # the day access is judged on, YYYY-MM-DD (default: today)
+                 text_view: str = "auto",  # what BM25 and the embedders read: own (title + text), breadcrumb (the ancestors' titles first), or auto (chosen on the validation queries when the archive has breadcrumbs; saved with --index_dir)
                  ) -> int:
     "archivesrag evaluate: metrics table for BM25 / base / fine-tuned (+ hybrid) on held-out or human-judged queries."
     policy, extra = AccessPolicy(clearance, as_of), {}
@@ -577,13 +438,21 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
     res = evaluate(model_name_or_path, base_model, queries_file, split_file, corpus_file, output_dir, collection=collection,
                    retrieval=retrieval, k=k, extra_models=extra, fusion_weight=fusion_weight,
                    query_prompt=query_instruction_for_retrieval or None, test_size=test_size, seed=seed,
-                   cache_dir=cache_dir, plots=not no_plots, verbose=False, index_dir=index_dir, policy=policy)
+                   cache_dir=cache_dir, plots=not no_plots, verbose=False, index_dir=index_dir, policy=policy,
+                   text_view=text_view)
     print(format_table(res, title=res["dataset"]))
     if access := res.get("access"):
         hidden = ", ".join(f"{n} {why}" for why, n in access.items() if why != "policy")
         print(f"scored as seen with {access['policy']}" + (f" ({hidden})" if hidden else ""))
     for name, f in res.get("fusion", {}).items():
         if f["method"] == "wsum": print(f"{name}: weights {f['weights']} ({f['chosen']})")
+    print(text_view_line(res["text_view"], res["text_view_from"]))
+    if both := res.get("text_views"):
+        d, row = both["breadcrumb_minus_own"], both["system"]
+        interval = f", {d['level']:.0%} interval [{d['low']:+.3f}, {d['high']:+.3f}]" if d else ", one query: no interval"
+        print(f"{row} on the reported queries: own {both['own']['systems'][row]['ndcg@10']:.3f}, breadcrumb "
+              f"{both['breadcrumb']['systems'][row]['ndcg@10']:.3f} nDCG@10 (breadcrumb − own"
+              + (f" {d['diff']:+.3f}" if d else "") + f"{interval})")
     print(f"wrote {res['metrics_file']}" + (f" and {len(res.get('plots', []))} plots" if res.get("plots") else "")
           + (f"; updated {res['model_card']}" if res.get("model_card") else "")
           + (f"; fusion weight saved in {res['index_manifest']}" if res.get("index_manifest") else ""))

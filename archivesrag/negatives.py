@@ -7,7 +7,6 @@ Docs: https://archivesrag.github.io/archivesrag/negatives.html.md"""
 # %% ../nbs/02_negatives.ipynb #c005
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections import Counter
@@ -18,16 +17,16 @@ import numpy as np
 from fastcore.script import store_true
 from tqdm.auto import tqdm
 
-from .corpus import (InputError, _id_str, check_not_input, check_output_path, load_passages, read_jsonl,
-                                write_atomic, write_jsonl)
+from .core import InputError, check_not_input, check_output_path, read_jsonl, write_jsonl
+from .corpus import _id_str, load_passages
 from .models import resolve_embedder
 from .retrieval import dense_search, encode_cached, flat_index
+from .splits import held_out_ids, load_split
 
 # %% auto #0
-__all__ = ['load_training_records', 'pool_from_records', 'pool_from_passages', 'split_by_document', 'save_split', 'load_split',
-           'held_out_ids', 'select_queries', 'parse_range', 'sample_negatives', 'Guards', 'Pool', 'mining_inputs',
-           'MiningVectors', 'sample_record', 'mining_output', 'mine_hard_negatives', 'plot_mined_scores',
-           'plot_negative_ranks', 'mine_hn_cli']
+__all__ = ['load_training_records', 'pool_from_records', 'pool_from_passages', 'parse_range', 'sample_negatives', 'MiningRules',
+           'Pool', 'mining_inputs', 'MiningVectors', 'sample_record', 'mining_output', 'mine_hard_negatives',
+           'plot_mined_scores', 'plot_negative_ranks', 'mine_hn_cli']
 
 # %% ../nbs/02_negatives.ipynb #c022
 def _key(text: str) -> str:
@@ -69,6 +68,7 @@ def load_training_records(path: str | Path) -> tuple[list[dict], dict]:
         seen.add(same); out.append(rec)
     return out, dict(report)
 
+# %% ../nbs/02_negatives.ipynb #c022_1
 def pool_from_records(records: list[dict]) -> tuple[list[str], list[str]]:
     "The original recipe's default pool: every positive and negative text in the input, once each (first id wins), in file order."
     ids, texts, seen = [], [], set()
@@ -78,6 +78,7 @@ def pool_from_records(records: list[dict]) -> tuple[list[str], list[str]]:
             seen.add(_key(t)); ids.append(pid); texts.append(t)
     return ids, texts
 
+# %% ../nbs/02_negatives.ipynb #c022_2
 def pool_from_passages(source, exclude_ids=frozenset()) -> tuple[list[str], list[str], dict]:
     "Passages `(ids, texts, report)` of a corpus, via `load_passages`; empty, repeated and excluded ones are counted skips."
     ds = load_passages(source)
@@ -90,67 +91,6 @@ def pool_from_passages(source, exclude_ids=frozenset()) -> tuple[list[str], list
     if not texts: raise InputError(f"{source}: the candidate pool has no passage with text")
     return ids, texts, dict(report)
 
-# %% ../nbs/02_negatives.ipynb #c023v
-def _rows(corpus) -> list[dict]:
-    "Passages as dicts with `id` and `doc_id` (a `datasets.Dataset` or a list of dicts)."
-    cols = getattr(corpus, "column_names", None)
-    if cols is not None:
-        ids = corpus["id"]
-        docs = corpus["doc_id"] if "doc_id" in cols else ids
-        return [{"id": str(i), "doc_id": str(d)} for i, d in zip(ids, docs)]
-    out = []
-    for n, r in enumerate(corpus, 1):
-        if "id" not in r: raise InputError(f"corpus record {n} has no 'id'")
-        out.append({"id": str(r["id"]), "doc_id": str(r.get("doc_id") or r["id"])})
-    return out
-
-def split_by_document(corpus, test_size: float = 0.2, seed: int = 42, val_size: float = 0.0) -> dict:
-    "Split passage ids into train/test (and optional validation) parts so that no document is on two sides."
-    if not 0 < test_size < 1 or not 0 <= val_size < 1 or test_size + val_size >= 1:
-        raise InputError(f"test_size ({test_size}) and val_size ({val_size}) must be fractions that leave a train part")
-    rows = _rows(corpus)
-    docs = sorted({r["doc_id"] for r in rows})
-    if len(docs) < 2: raise InputError(f"cannot split {len(docs)} document(s): need at least 2")
-    random.Random(seed).shuffle(docs)
-    n_test = max(1, round(len(docs) * test_size))
-    n_val = round(len(docs) * val_size) if val_size else 0
-    test_docs, val_docs = set(docs[:n_test]), set(docs[n_test:n_test + n_val])
-    part = lambda d: "test" if d in test_docs else "val" if d in val_docs else "train"
-    split = {"seed": seed, "by": "doc_id", "test_size": test_size,
-             "train_ids": [r["id"] for r in rows if part(r["doc_id"]) == "train"],
-             "test_ids": [r["id"] for r in rows if part(r["doc_id"]) == "test"],
-             "n_train_docs": len(docs) - n_test - n_val, "n_test_docs": n_test}
-    if n_val: split.update(val_size=val_size, val_ids=[r["id"] for r in rows if part(r["doc_id"]) == "val"], n_val_docs=n_val)
-    return split
-
-# %% ../nbs/02_negatives.ipynb #c023x
-def save_split(split: dict, path: str | Path) -> Path:
-    "Write `split.json` (atomically)."
-    return write_atomic(path, json.dumps(split, indent=1))
-
-def load_split(path: str | Path) -> dict:
-    "Read `split.json`, checking that it has both parts and that no passage is on two sides."
-    path = Path(path)
-    if not path.exists(): raise InputError(f"{path}: no such split file (make one with split_by_document/save_split)")
-    try: split = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e: raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(split, dict): raise InputError(f"{path}: expected a JSON object")
-    for key in ("train_ids", "test_ids"):
-        if not isinstance(split.get(key), list): raise InputError(f"{path}: missing list '{key}'")
-    parts = [set(split["train_ids"]), set(split["test_ids"]), set(split.get("val_ids") or [])]
-    both = (parts[0] & parts[1]) | (parts[0] & parts[2]) | (parts[1] & parts[2])
-    if both: raise InputError(f"{path}: {len(both)} passage id(s) on two sides of the split, e.g. '{sorted(both)[0]}'")
-    return split
-
-def held_out_ids(split: dict) -> set[str]:
-    "The passage ids training must never see: the test part and the validation part."
-    return set(map(str, split["test_ids"])) | set(map(str, split.get("val_ids") or []))
-
-def select_queries(queries: list[dict], ids) -> list[dict]:
-    "The query records whose passage `id` is in `ids` (e.g. `split['test_ids']`)."
-    ids = set(map(str, ids))
-    return [q for q in queries if str(q.get("id")) in ids]
-
 # %% ../nbs/02_negatives.ipynb #c025
 def parse_range(range_for_sampling: str) -> tuple[int, int]:
     "`'2-200'` -> `(2, 200)`: the 1-based, inclusive ranks of the retrieved list that negatives are sampled from."
@@ -160,6 +100,7 @@ def parse_range(range_for_sampling: str) -> tuple[int, int]:
     if lo < 1 or hi < lo: raise InputError(f"--range_for_sampling {s!r}: need 1 <= start <= end, e.g. '2-200'")
     return lo, hi
 
+# %% ../nbs/02_negatives.ipynb #c025_1
 def sample_negatives(scores, indices, pool_ids, pool_keys, exclude_ids, exclude_keys, pos_score: float,
                      lo: int, hi: int, n: int, rng: random.Random, relative_margin: float = 0.05):
     "Pick up to `n` negatives among ranks `lo..hi` of one query's results: `(chosen [(rank, index, score)], counts)`."
@@ -178,7 +119,7 @@ def sample_negatives(scores, indices, pool_ids, pool_keys, exclude_ids, exclude_
 
 # %% ../nbs/02_negatives.ipynb #c029
 @dataclass
-class Guards:
+class MiningRules:
     "The sampling rules of one mining run: ranks `lo..hi`, how many negatives, the margin, the round trip, the seed."
     lo: int
     hi: int
@@ -197,6 +138,7 @@ class Guards:
         if round_trip_k is not None and round_trip_k < 1: raise InputError(f"--round_trip_k must be at least 1, got {round_trip_k}")
         return cls(lo, hi, negative_number, relative_margin, round_trip_k, seed)
 
+# %% ../nbs/02_negatives.ipynb #c029_1
 @dataclass
 class Pool:
     "The candidate passages: ids, texts, and the texts as compared for identity (`keys`)."
@@ -205,6 +147,7 @@ class Pool:
     def __post_init__(self): self.keys = [_key(t) for t in self.texts]
     def __len__(self): return len(self.texts)
 
+# %% ../nbs/02_negatives.ipynb #c029_2
 def mining_inputs(input_file, candidate_pool=None, split_file=None) -> tuple[list[dict], Pool, dict]:
     "`(records, pool, report)`; with `split_file`, held-out passages are neither queries nor candidates."
     records, report = load_training_records(input_file)
@@ -240,32 +183,33 @@ class MiningVectors:
     def positives(self, r: dict) -> np.ndarray:
         return np.stack([self.pool[self.row[_key(p)]] if _key(p) in self.row else self.extra[self.x_row[_key(p)]] for p in r["pos"]])
 
-def sample_record(i: int, r: dict, vec: MiningVectors, scores, idx, pool: Pool, g: Guards, counts: Counter) -> dict | None:
+# %% ../nbs/02_negatives.ipynb #c029b_1
+def sample_record(i: int, r: dict, vec: MiningVectors, scores, idx, pool: Pool, rules: MiningRules, counts: Counter) -> dict | None:
     "The output record of query `i` (its ranked `scores`/`idx`), or None when the round trip or the guards leave nothing."
     ps = vec.positives(r) @ vec.query(r)
     exclude_ids = {r["id"], *r["pos_ids"]}
     exclude_keys = {_key(p) for p in r["pos"]} | {_key(r["query"])}
-    if g.round_trip_k:
+    if rules.round_trip_k:
         above = [j for s, j in zip(scores, idx) if s > ps.max() and j >= 0]  # ranked above the positive
         pos_rank = 1 + sum(pool.ids[j] not in exclude_ids and pool.keys[j] not in exclude_keys for j in above)
-        if pos_rank > g.round_trip_k: counts["dropped_round_trip"] += 1; return None
+        if pos_rank > rules.round_trip_k: counts["dropped_round_trip"] += 1; return None
     chosen, c = sample_negatives(scores, idx, pool.ids, pool.keys, exclude_ids, exclude_keys, float(ps.min()),
-                                 g.lo, g.hi, g.negative_number, random.Random(f"{g.seed}:{i}"), g.relative_margin)
+                                 rules.lo, rules.hi, rules.negative_number, random.Random(f"{rules.seed}:{i}"), rules.relative_margin)
     counts.update(c)
     if not chosen: counts["skipped_no_negative"] += 1; return None
-    if len(chosen) < g.negative_number: counts["short"] += 1
+    if len(chosen) < rules.negative_number: counts["short"] += 1
     return {"id": r["id"], "query": r["query"], "pos": r["pos"], "neg": [pool.texts[j] for _, j, _ in chosen],
             "neg_ids": [pool.ids[j] for _, j, _ in chosen], "neg_scores": [round(s, 6) for _, _, s in chosen],
             "neg_ranks": [rank for rank, _, _ in chosen], "pos_score": round(float(ps.min()), 6),
             **({"doc_id": r["doc_id"]} if "doc_id" in r else {})}
 
 # %% ../nbs/02_negatives.ipynb #c029c
-def _report_mining(summary: dict, report: dict, g: Guards):
+def _report_mining(summary: dict, report: dict, rules: MiningRules):
     skips = "".join(f", {v} {k.replace('_', ' ')}" for k, v in report.items())
     print(f"mined {summary['written']}/{summary['records']} examples -> {summary['output_file']}: {summary['short']} short "
-          f"(< {g.negative_number} negatives), {summary['dropped_margin']} candidates dropped by relative_margin={g.relative_margin}, "
+          f"(< {rules.negative_number} negatives), {summary['dropped_margin']} candidates dropped by relative_margin={rules.relative_margin}, "
           f"{summary['dropped_round_trip']} examples dropped by round trip"
-          f"{f' (top-{g.round_trip_k})' if g.round_trip_k else ' (off)'}, {summary['skipped_no_negative']} without any negative{skips}")
+          f"{f' (top-{rules.round_trip_k})' if rules.round_trip_k else ' (off)'}, {summary['skipped_no_negative']} without any negative{skips}")
 
 def mining_output(output_file, input_file, candidate_pool=None, split_file=None) -> Path:
     "`output_file`, checked before any work: writable, and none of the inputs (the mined file would replace it)."
@@ -273,37 +217,38 @@ def mining_output(output_file, input_file, candidate_pool=None, split_file=None)
     return check_not_input(output_file, {"--input_file": input_file, "--candidate_pool": candidate_pool,
                                          "--split_file": split_file}, flag="--output_file")
 
+# %% ../nbs/02_negatives.ipynb #c029c_1
 def mine_hard_negatives(input_file, output_file, model_name_or_path=None, range_for_sampling="2-200",
                         negative_number=15, candidate_pool=None, use_gpu_for_searching=False,
                         query_instruction_for_retrieval="", batch_size=64, seed=42, relative_margin=0.05,
                         round_trip_k: int | None = None, cache_dir=None, device=None, split_file=None) -> dict:
     "Mine `negative_number` hard negatives per query from ranks `range_for_sampling`; write FlagEmbedding training JSONL."
-    g = Guards.from_flags(range_for_sampling, negative_number, relative_margin, round_trip_k, seed)
+    rules = MiningRules.from_flags(range_for_sampling, negative_number, relative_margin, round_trip_k, seed)
     if batch_size < 1: raise InputError(f"--batch_size must be at least 1, got {batch_size}")
     output_file = mining_output(output_file, input_file, candidate_pool, split_file)
     records, pool, report = mining_inputs(input_file, candidate_pool, split_file)
-    if len(pool) < g.hi: print(f"note: the candidate pool has {len(pool)} passages, fewer than rank {g.hi}")
-    if g.hi - g.lo + 1 < negative_number: print(f"note: ranks {g.lo}-{g.hi} hold fewer than {negative_number} candidates; every query will be short")
+    if len(pool) < rules.hi: print(f"note: the candidate pool has {len(pool)} passages, fewer than rank {rules.hi}")
+    if rules.hi - rules.lo + 1 < negative_number: print(f"note: ranks {rules.lo}-{rules.hi} hold fewer than {negative_number} candidates; every query will be short")
     model = resolve_embedder(model_name_or_path, role="miner")
     t0 = time.perf_counter()
     vec = MiningVectors(model, records, pool.texts, cache_dir, batch_size, query_instruction_for_retrieval, device)
     t1 = time.perf_counter()
-    depth = min(len(pool), max(g.hi, round_trip_k or 0))
-    scores, idx = dense_search(flat_index(vec.pool, use_gpu_for_searching), np.stack([vec.query(r) for r in records]), depth)
+    depth = min(len(pool), max(rules.hi, round_trip_k or 0))
+    idx, scores = dense_search(flat_index(vec.pool, use_gpu_for_searching), np.stack([vec.query(r) for r in records]), depth)
     t2 = time.perf_counter()
     counts = Counter()
     out = [rec for i, r in enumerate(tqdm(records, desc="sampling negatives", disable=len(records) < 1000))
-           if (rec := sample_record(i, r, vec, scores[i], idx[i], pool, g, counts))]
+           if (rec := sample_record(i, r, vec, scores[i], idx[i], pool, rules, counts))]
     t3 = time.perf_counter()
     write_jsonl(out, output_file)
     summary = {"input_file": str(input_file), "output_file": str(output_file), "model": model,
                "candidate_pool": str(candidate_pool) if candidate_pool else "input positives and negatives",
                "split_file": str(split_file) if split_file else None, "pool_size": len(pool), "records": len(records),
-               "written": len(out), "range_for_sampling": f"{g.lo}-{g.hi}", "negative_number": negative_number,
-               "relative_margin": g.relative_margin, "round_trip_k": round_trip_k, "seed": seed,
+               "written": len(out), "range_for_sampling": f"{rules.lo}-{rules.hi}", "negative_number": negative_number,
+               "relative_margin": rules.relative_margin, "round_trip_k": round_trip_k, "seed": seed,
                **{c: counts[c] for c in ("short", "skipped_no_negative", "dropped_margin", "dropped_round_trip", "excluded_positive_or_query")},
                **report, "seconds": {"encode": round(t1 - t0, 3), "search": round(t2 - t1, 3), "sample": round(t3 - t2, 3)}}
-    _report_mining(summary, report, g)
+    _report_mining(summary, report, rules)
     return summary
 
 # %% ../nbs/02_negatives.ipynb #c035
@@ -319,6 +264,7 @@ def plot_mined_scores(records: list[dict], ax=None, bins: int = 30):
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # outside: both humps stay visible
     return ax
 
+# %% ../nbs/02_negatives.ipynb #c035_1
 def plot_negative_ranks(records: list[dict], range_for_sampling: str | None = None, ax=None, bins: int = 40):
     "Histogram of the retrieval ranks the mined negatives were sampled from, with the sampling range marked."
     import matplotlib.pyplot as plt

@@ -13,7 +13,6 @@ import re
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,12 +21,13 @@ from typing import Annotated, Callable
 from tqdm.auto import tqdm
 
 from .archives import as_date, status_on
-from .corpus import InputError, append_jsonl, check_output_path, load_passages, read_jsonl, read_text, write_jsonl
+from .core import InputError, append_jsonl, check_output_path, output_lock, read_jsonl, read_text, write_jsonl
+from .corpus import load_passages
 from .llm import LLM, OpenAILLM, check_llm_settings, extract_json, get_llm, scrub
 
 # %% auto #0
 __all__ = ['QUERY_PROMPT', 'QUERY_SCHEMA', 'FEW_SHOT_PROMPT', 'FEW_SHOT_EXAMPLES', 'RECORD_KEYS', 'META', 'copy_score',
-           'build_messages', 'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'shareable',
+           'query_messages', 'default_prompt', 'parse_query', 'QueryFilter', 'Sampling', 'shareable',
            'generate_queries', 'sample_queries_path', 'load_sample_queries', 'plot_query_lengths', 'plot_copy_scores',
            'gen_query_cli']
 
@@ -78,7 +78,7 @@ FEW_SHOT_EXAMPLES = [
 ]
 "Two (passage, query) pairs shown to the model before the real passage."
 
-def build_messages(text: str, prompt: str = QUERY_PROMPT, examples: list[tuple[str, str]] | None = None) -> list[dict]:
+def query_messages(text: str, prompt: str = QUERY_PROMPT, examples: list[tuple[str, str]] | None = None) -> list[dict]:
     "Chat messages asking for a query for `text`: `prompt` as system message (or, if it contains `{text}`, as the user message with the passage in place), then the few-shot `examples` as turns."
     if not isinstance(text, str): raise InputError(f"the passage 'text' must be a string, not {type(text).__name__}")
     def user(t): return {"role": "user", "content": prompt.replace("{text}", t) if "{text}" in prompt else t}
@@ -240,29 +240,6 @@ def _query_files(source, output_file, failures_file=None) -> tuple[Path, Path]:
         raise InputError(f"{fail}: --failures_file must differ from --input_file and --output_file")
     return out, fail
 
-@contextmanager
-def _output_lock(path: Path):
-    "Hold an exclusive lock on `<path>.lock` while writing `path`; a second holder gets an `InputError` at once."
-    try: import fcntl
-    except ImportError: yield; return  # not POSIX (Windows): no lock
-    real = Path(os.path.realpath(path))  # a second writer through a symlink must meet the same lock
-    lock = real.with_name(real.name + ".lock")
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise InputError(f"{path}: another run is writing this file (it holds {lock.name}); wait for it to "
-                             "finish, or write to another --output_file") from None
-        try:  # the file we locked must still be the one at `lock`: a run that just ended removes it
-            if os.fstat(fd).st_ino == os.stat(lock).st_ino: break
-        except FileNotFoundError: pass
-        os.close(fd)
-    try: yield
-    finally:
-        lock.unlink(missing_ok=True)  # before unlocking: a run waiting on this inode will see it is gone
-        os.close(fd)
-
 # %% ../nbs/01_queries.ipynb #c029g
 def _plan(passages: list[dict], done: list[dict], failed_before: list[dict], fail: Path, n: int,
           qfilter: QueryFilter) -> tuple[list, int, int]:
@@ -300,7 +277,7 @@ def _ask_batch(llm: LLM, batch: list, prompt: str, examples: list, s: Sampling, 
         groups = {}  # one llm.chat call per (temperature, max_tokens)
         for i in pending: groups.setdefault((s.temperature_for(batch[i][1], attempt), tokens[i]), []).append(i)
         for (temp, mt), idx in groups.items():
-            convs = [build_messages(_clip(batch[i][0]["text"], s.max_passage_words), prompt, examples) for i in idx]
+            convs = [query_messages(_clip(batch[i][0]["text"], s.max_passage_words), prompt, examples) for i in idx]
             replies = llm.chat(convs, max_tokens=mt, temperature=temp, json_schema=QUERY_SCHEMA,
                                seed=s.seed + 1000 * attempt + batch[idx[0]][1])
             for i, r in zip(idx, replies):
@@ -363,7 +340,7 @@ def generate_queries(corpus_or_path, output_file: str | Path, llm: LLM | Callabl
     if queries_per_passage < 1: raise InputError(f"--queries_per_passage must be at least 1, not {queries_per_passage}")
     passages, withheld = shareable(list(load_passages(corpus_or_path, limit)), include_restricted)
     out_path, fail_path = _query_files(corpus_or_path, output_file, failures_file)
-    with _output_lock(out_path):
+    with output_lock(out_path):
         done, failed_before = _read_done(out_path, "queries"), _read_done(fail_path, "failures")
         # a function makes the LLM only now, once the files are checked: loading a model can take minutes
         llm = llm() if callable(llm) and not hasattr(llm, "chat") else llm or get_llm()
@@ -396,6 +373,7 @@ def sample_queries_path() -> Path:
     from importlib.resources import files
     return Path(str(files("archivesrag") / "data" / "sample_queries.jsonl"))
 
+# %% ../nbs/01_queries.ipynb #c035_1
 def load_sample_queries() -> list[dict]:
     "The bundled sample queries (one per sample passage, made offline with SmolLM2) as a list of dicts."
     return [{k: v for k, v in r.items() if k != "_line"} for r in read_jsonl(sample_queries_path())]
@@ -410,6 +388,7 @@ def plot_query_lengths(records: list[dict], ax=None):
     ax.set(xlabel="words per query", ylabel="queries", title="Query length")
     return ax
 
+# %% ../nbs/01_queries.ipynb #c038_1
 def plot_copy_scores(groups: dict[str, list[float]], threshold: float = 0.6, ax=None):
     "Copy scores (query-passage trigram overlap): one row of dots per named group, and the filter threshold."
     import matplotlib.pyplot as plt
@@ -446,7 +425,6 @@ def gen_query_cli(
     temperature: float = 0.0,       # sampling temperature of the first query
     seed: int = 0,                  # sampling seed
     max_passage_words: int = None,  # show the LLM only the first N words of each passage (faster on a CPU; `positive` keeps the whole passage)
-    retry_failed: bool = False,     # kept for old scripts: a rerun always retries the passages that failed
     min_words: int = 4,             # filter queries shorter than this
     max_copy: float = 0.6,          # filter queries whose copy score is above this
     include_restricted: bool = False,  # also write queries for records restricted today (closed records never go to a query writer)

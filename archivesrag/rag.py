@@ -9,19 +9,25 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 from typing import Annotated
 
+import numpy as np
+from fastcore.script import store_true
+
 from .archives import AccessPolicy, RecordFilter, allows
-from .corpus import InputError
+from .core import InputError, check_text
 from .models import FULL_MODELS
-from .retrieval import check_count
+from .retrieval import build_bm25, check_count, fuse
 
 # %% auto #0
 __all__ = ['SYSTEM_MESSAGE', 'RULES', 'DEFAULT_MIN_SCORE', 'NO_ANSWER', 'NO_PASSAGE', 'SMALL_MODEL_SYSTEM_MESSAGE',
-           'SMALL_MODEL_EXAMPLE', 'WHICH_PASSAGE', 'RECIPE_SAMPLING', 'SMALL_MODEL_SAMPLING', 'SAMPLE_QUESTIONS',
-           'check_min_score', 'check_question', 'allowed_records', 'format_prompt', 'passage_ids',
-           'format_plain_prompt', 'is_small_model', 'build_messages', 'sampling_for', 'get_rag_llm', 'label_sources',
-           'name_source', 'answer', 'content_words', 'answer_checks', 'ask_cli']
+           'SMALL_MODEL_EXAMPLE', 'WHICH_PASSAGE', 'RECIPE_SAMPLING', 'SMALL_MODEL_SAMPLING', 'MODES',
+           'SAMPLE_QUESTIONS', 'CAPSTONE_REFERENCES', 'SENTENCE_FUSION_WEIGHT', 'NO_SENTENCE', 'check_min_score',
+           'check_question', 'allowed_records', 'format_prompt', 'passage_ids', 'format_plain_prompt', 'is_small_model',
+           'build_messages', 'sampling_for', 'answer_mode', 'get_rag_llm', 'label_sources', 'name_source', 'answer',
+           'content_words', 'answer_checks', 'cited_docs', 'answer_is_right', 'split_sentences', 'score_sentences',
+           'extract_answer', 'ask_cli']
 
 # %% ../nbs/06_rag.ipynb #c008
 SYSTEM_MESSAGE = """You are a helpful assistant for answering questions. Your primary focus is to assist in studies relating to Interpares Itrust AI.
@@ -49,15 +55,11 @@ def check_min_score(min_score, name: str = "min_score") -> float:
         raise InputError(f"{name} must be a cosine score between -1 and 1, got {min_score!r}")
     return float(min_score)
 
+# %% ../nbs/06_rag.ipynb #c008_1
 def check_question(question) -> str:
-    "`question` stripped; an `InputError` if it is empty or not valid text (a lone surrogate)."
-    if not isinstance(question, str) or not question.strip():
-        raise InputError('the question is empty: ask something, e.g. archivesrag ask "How long are permits kept?"')
-    try: question.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InputError(f"the question is not valid text: {question[e.start]!r} at character {e.start + 1} is half "
-                         "of a UTF-16 pair (a lone surrogate); retype the question or fix the encoding of its source") from None
-    return question.strip()
+    "`question` stripped; an `InputError` if it is empty or not valid text (`core.check_text`)."
+    if question is None: question = ""
+    return check_text(question, "the question", empty='ask something, e.g. archivesrag ask "How long are permits kept?"').strip()
 
 # %% ../nbs/06_rag.ipynb #c012
 _TAG_RE = re.compile(r"<(/?)(context|passage)\b", re.IGNORECASE)
@@ -128,6 +130,7 @@ def format_prompt(question: str, retrieved_documents, k: int = 3, token_budget: 
     blocks = _fit_blocks(records, left, count, _passage, lambda rec: _escape(rec["text"]))
     return head + "\n".join(blocks) + ("\n" if blocks else "") + tail
 
+# %% ../nbs/06_rag.ipynb #c012b_1
 def passage_ids(prompt: str) -> list[str]:
     "The ids of the passages inside a formatted prompt (tagged or plain), in order."
     if prompt.startswith("Passages:\n"): return re.findall(r"^Passage \[([^\]\n]*)\]", prompt, flags=re.M)
@@ -168,6 +171,7 @@ def is_small_model(llm) -> bool:
     "Does `llm` get the plain prompt and the small-model sampling? The in-process llama.cpp backend (`local:`)."
     return str(getattr(llm, "name", "")).startswith("local:")
 
+# %% ../nbs/06_rag.ipynb #c017_1
 def build_messages(question: str, retrieved_documents, k: int = 3, llm=None, max_tokens: int = 256,
                    system_message: str | None = None, token_budget: int | None = None, plain: bool | None = None,
                    policy: AccessPolicy | None = None) -> list[dict]:
@@ -196,6 +200,22 @@ def sampling_for(llm, plain: bool | None = None, **overrides) -> dict:
     small = is_small_model(llm) if plain is None else plain
     return {**(SMALL_MODEL_SAMPLING if small else RECIPE_SAMPLING), **{k: v for k, v in overrides.items() if v is not None}}
 
+# %% ../nbs/06_rag.ipynb #c019e
+MODES = ("extractive", "generated")
+"How `answer` answers: quote the passages' best sentences (no LLM), or have an LLM write the answer."
+
+def answer_mode(llm=None, mode: str | None = None) -> str:
+    """`mode` if given; else `"extractive"` when the LLM is the in-process local one (SmolLM2-135M), or none is set up
+    and no OpenAI key is (offline), and `"generated"` for any other (`openai`, `vllm`, a `base_url` server)."""
+    if mode is not None:
+        if mode not in MODES: raise InputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        return mode
+    if llm is None:
+        from archivesrag.llm import default_backend
+        backend = default_backend()  # openai when OPENAI_API_KEY is set, else local
+    else: backend = getattr(llm, "backend", None) or str(getattr(llm, "name", "")).split(":")[0]  # never loads it
+    return "extractive" if backend == "local" else "generated"
+
 # %% ../nbs/06_rag.ipynb #c020
 def get_rag_llm(backend: str | None = None, model: str | None = None, base_url: str | None = None, **kwargs):
     "An LLM for answering: `archivesrag.llm.get_llm`, with Llama 3 8B Instruct as the vLLM default (the original recipe names Llama 3, not a checkpoint)."
@@ -203,6 +223,7 @@ def get_rag_llm(backend: str | None = None, model: str | None = None, base_url: 
     if backend == "vllm" and model is None: model = FULL_MODELS["rag_llm"]
     return get_llm(backend=backend, model=model, base_url=base_url, **kwargs)
 
+# %% ../nbs/06_rag.ipynb #c020_1
 def label_sources(text: str, cited: list[str], used: list[str]) -> str:
     "`text`, then `Sources:` (the ids it cites) and `Retrieved, not cited:` (the other passages it was given)."
     lines = [f"Sources: {', '.join(f'[{p}]' for p in cited)}"] if cited else []
@@ -210,6 +231,7 @@ def label_sources(text: str, cited: list[str], used: list[str]) -> str:
     if rest: lines.append(f"Retrieved, not cited: {', '.join(f'[{p}]' for p in rest)}")
     return "\n\n".join(x for x in (text, "\n".join(lines)) if x)
 
+# %% ../nbs/06_rag.ipynb #c020_2
 def name_source(llm, messages: list[dict], text: str, ids: list[str], seed: int | None = 0):
     "Second turn for small models: which of `ids` is `text` from? A grammar allows only those ids. Returns (id or None, reply)."
     from archivesrag.llm import extract_json
@@ -220,23 +242,27 @@ def name_source(llm, messages: list[dict], text: str, ids: list[str], seed: int 
     pid = (extract_json(reply.text) or {}).get("id") if reply.ok else None
     return (pid if pid in ids else None), reply
 
+# %% ../nbs/06_rag.ipynb #c020_3
 def answer(question: str, index, llm=None, k: int = 3, retrieval: str | None = None,
            min_score: float = DEFAULT_MIN_SCORE, max_tokens: int | None = None, temperature: float | None = None,
            top_p: float | None = None, seed: int | None = 0, system_message: str | None = None,
-           policy: AccessPolicy | None = None, filters: RecordFilter | None = None) -> dict:
+           policy: AccessPolicy | None = None, filters: RecordFilter | None = None, mode: str | None = None) -> dict:
     """Retrieve the top-`k` passages for `question` from `index` (a `SearchIndex`) that `policy` may see (default: the
-    public, today) and `filters` keep, and answer from them with `llm`."""
+    public, today) and `filters` keep, and answer from them: by quoting their best sentences (`mode="extractive"`, the
+    offline default) or with `llm` (`"generated"`, the default with openai, vllm or a server; see `answer_mode`)."""
     question = check_question(question)
     k, min_score = check_count(k, "k"), check_min_score(min_score)  # before retrieval or the LLM run
-    policy = policy or AccessPolicy()
+    mode, policy = answer_mode(llm, mode), policy or AccessPolicy()
     results = index.search(question, k=k, retrieval=retrieval, policy=policy, filters=filters)
     best = max((r["dense_score"] for r in results), default=0.0)
-    out = dict(question=question, retrieval=results[0]["retrieval"] if results else retrieval, min_score=min_score,
+    out = dict(question=question, mode=mode, retrieval=results[0]["retrieval"] if results else retrieval, min_score=min_score,
                best_score=best, prompt_tokens=0, completion_tokens=0, error=None, llm=None, cited=[], text="")
     kept = [r for r in results if r["dense_score"] >= min_score]
     if not kept:  # nothing to answer from: the LLM is never asked with an empty context
         reply = NO_ANSWER.format(best=best, min_score=min_score) if results else NO_PASSAGE.format(retrieval=out["retrieval"] or "hybrid")
         return {**out, "answer": reply, "passages": [], "scores": [], "grounded": False, "results": results}
+    if mode == "extractive":  # the passages' own sentences, quoted (see below): no LLM is loaded or asked
+        return {**out, **extract_answer(question, kept, index, policy=policy)}
     llm = llm or get_rag_llm()
     sampling = sampling_for(llm, max_tokens=max_tokens, temperature=temperature, top_p=top_p)
     messages = build_messages(question, kept, k=k, llm=llm, max_tokens=sampling["max_tokens"], system_message=system_message,
@@ -276,14 +302,147 @@ def content_words(text: str) -> set[str]:
     "Lower-cased words of three letters or more and numbers, minus common function words."
     return {w for w in re.findall(r"[a-z]{3,}|\d+", text.lower()) if w not in _STOPWORDS}
 
+# %% ../nbs/06_rag.ipynb #c025e_1
 def answer_checks(answer: str, passages: list[dict], question: str = "") -> dict:
-    "Cheap checks of an answer: non-empty, cites a retrieved passage, shares content words with a cited passage."
+    "Cheap checks of an answer: non-empty, cites a retrieved passage (by id or reference code), shares content words with it."
     body = re.split(r"\n\n(?:Sources|Retrieved, not cited):", answer or "")[0]
-    cited = [p for p in passages if p["id"] in body]
+    cited = [p for p in passages if p["id"] in body or (p.get("ref_code") and f"[{p['ref_code']}]" in body)]
     words = content_words(re.sub(r"\[[^\]]*\]", " ", body))
     shared = max((len((words - content_words(question)) & content_words(p["text"])) for p in cited), default=0)
     checks = dict(non_empty=len(words) >= 3, cites_retrieved=bool(cited), overlaps_cited=shared >= 2)
     return {**checks, "all_three": all(checks.values()), "shared_words": shared}
+
+# %% ../nbs/06_rag.ipynb #x013
+CAPSTONE_REFERENCES = [
+    dict(question="How should an archive respond when a fixity check finds a checksum mismatch?",
+         doc_id="ARC-0067", also=("ARC-0225", "ARC-0146"),
+         facts={"replace the bad copy from a good one": [r"replac\w*\b.{0,80}\b(cop(y|ies)|replicas?|backups?)\b",
+                                                         r"\b(cop(y|ies)|replicas?|backups?)\b.{0,80}\breplac",
+                                                         r"restor\w*\b.{0,80}\b(cop(y|ies)|replicas?|backups?)\b",
+                                                         r"re-?writ\w*\b.{0,80}\bcop(y|ies)\b"],
+                "verify it again": [r"re-?verif", r"re-?check", r"second fixity check",
+                                    r"verif\w*\b.{0,30}\b(again|correctly)", r"check\w*\b.{0,30}\bagain"]}),
+    dict(question="What should a contract with a cloud provider say about getting our records back?", doc_id="ARC-0215",
+         facts={"export": [r"export"], "with their metadata": [r"metadata"],
+                "in non-proprietary formats": [r"non-?proprietary", r"open (file )?formats?", r"documented\b.{0,20}\bformats?"]}),
+    dict(question="How long are building permit files kept?", doc_id="ARC-0001",
+         facts={"some kept permanently": [r"permanent"],
+                "the rest 25 years after the occupancy certificate": [r"\b(25|twenty-five) years\b.{0,40}\boccupancy certificate"]}),
+    dict(question="How long must the health record of an adult patient be retained?", doc_id="ARC-0013",
+         facts={"10 years": [r"\b10 years", r"\bten years"], "after the last contact": [r"last contact", r"last (visit|encounter)"]}),
+    dict(question="Why was a hold placed on the Athletics Department email?", doc_id="ARC-0025",
+         facts={"a wrongful dismissal claim": [r"wrongful(ly)? dismiss", r"unfair(ly)? dismiss", r"wrongful termination"],
+                "by a former coach": [r"\bcoach"]}),
+    dict(question="How long are monthly bank reconciliation statements retained?", doc_id="ARC-0145", also=("ARC-0010",),
+         facts={"seven years": [r"\bseven years", r"\b7 years"], "after the fiscal year closes": [r"fiscal year", r"financial year"]}),
+    dict(question="What is recorded when a digitally signed document is validated on ingest?", doc_id="ARC-0127",
+         facts={"the validation result": [r"\bresults?\b", r"\boutcome"], "the signer's certificate details": [r"certificate"],
+                "the validation time": [r"\btime\b", r"timestamp", r"\bdate\b"]}),
+    dict(question="What happened when the fixity check failed on the digitised survey map masters?", doc_id="ARC-0067",
+         facts={"37 files failed": [r"\b37\b", r"thirty-seven"],
+                "replaced from the tape replica": [r"replac\w*\b.{0,80}\b(tape|replicas?|cop(y|ies)|backups?)\b",
+                                                   r"restor\w*\b.{0,80}\b(tape|replicas?|cop(y|ies)|backups?)\b"]}),
+]
+"""What a right answer to each capstone question (`pipeline.DEMO_QUESTIONS` + `SAMPLE_QUESTIONS`) must state, written
+from the sample archive before either mode ran: the answering `doc_id` (`also`: others that answer it as well) and
+each key fact as a list of acceptable phrasings (regexes, any case)."""
+
+# %% ../nbs/06_rag.ipynb #x015
+def cited_docs(result: dict) -> set[str]:
+    "The doc ids an answer cites: its `cited` passage ids (`DOCID#chunk`) and the ids or reference codes in its brackets."
+    by_ref = {}
+    for r in result.get("results") or []:
+        if r.get("ref_code"): by_ref.setdefault(str(r["ref_code"]), set()).add(r.get("doc_id") or str(r["id"]).split("#")[0])
+    marks = [*(result.get("cited") or []), *re.findall(r"\[([^\]\n]+)\]", result.get("text") or "")]
+    return {d for m in marks for d in (by_ref.get(str(m).strip()) or {str(m).strip().split("#")[0]})}
+
+# %% ../nbs/06_rag.ipynb #x015_1
+def answer_is_right(result: dict, reference: dict) -> dict:
+    """Does `result` (from `answer`) state each key fact of `reference` (one of its phrasings, any case) and cite the
+    passage that answers (its `doc_id`, or one in `also`)? Facts are looked for in the answer's words, citations left out."""
+    words = re.sub(r"\[[^\]]*\]", " ", result.get("text") or "")  # a reference code's digits are not a fact
+    found = {fact: any(re.search(p, words, re.I) for p in ps) for fact, ps in reference["facts"].items()}
+    docs = cited_docs(result)
+    cites = bool(docs & {reference["doc_id"], *reference.get("also", ())})
+    return dict(facts=found, missed=[f for f, ok in found.items() if not ok], cites_reference=cites,
+                cited_docs=sorted(docs), right=all(found.values()) and cites)
+
+# %% ../nbs/06_rag.ipynb #x004
+_ABBREVIATIONS = frozenset("e.g. i.e. etc. cf. vs. no. nos. dr. mr. mrs. ms. st. fig. p. pp. vol. art. approx. ca. c.".split())
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+
+def split_sentences(text: str, min_words: int = 4) -> list[str]:
+    """The sentences of a passage, verbatim and in order. One cut by the passage's start or end (a chunk boundary) gets
+    `…` on the cut side; pieces under `min_words` words (headings such as "Repair.") are left out."""
+    paras = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text or "") if p.strip()]
+    out = []
+    for pi, para in enumerate(paras):
+        pieces, cur = [], ""
+        for piece in _SENTENCE_END.split(para):
+            cur = f"{cur} {piece}" if cur else piece
+            last = cur.rsplit(" ", 1)[-1].lower()
+            if last in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", last): continue  # "e.g.", "Dr.", "J.": not an end
+            pieces.append(cur); cur = ""
+        if cur: pieces.append(cur)
+        for si, s in enumerate(pieces):
+            if pi == si == 0 and s[:1].islower(): s = "…" + s  # the passage starts inside a sentence
+            if pi == len(paras) - 1 and si == len(pieces) - 1 and not re.search(r"[.!?:;][\"')\]]*$", s): s += "…"
+            if len(s.split()) >= min_words: out.append(s)
+    return out
+
+# %% ../nbs/06_rag.ipynb #x007
+SENTENCE_FUSION_WEIGHT = 0.5
+"Dense weight when sentences are ranked: equal to BM25's, as neither is tuned for sentences (the index's weight is for passages)."
+
+def _sentence_candidates(passages: list[dict]) -> list[dict]:
+    "Every sentence of `passages` once: a sentence twice in overlapping chunks, or cut in one and whole in the other, is kept whole."
+    cands = [dict(sentence=s, id=r.get("id", "?"), doc_id=r.get("doc_id") or str(r.get("id", "?")).split("#")[0],
+                  ref_code=r.get("ref_code") or None, passage=n, position=i)
+             for n, r in enumerate(passages) for i, s in enumerate(split_sentences(r["text"]))]
+    core = [c["sentence"].strip("…") for c in cands]
+    return [c for i, c in enumerate(cands)
+            if core[i] not in core[:i] and not any(len(o) > len(core[i]) and core[i] in o for o in core)]
+
+def score_sentences(question: str, passages, index, weight: float = SENTENCE_FUSION_WEIGHT) -> list[dict]:
+    """The sentences of `passages`, best first for `question`: the cosine of `index`'s embedder and BM25 over these
+    sentences, each min-max scaled and summed with dense weight `weight` (`retrieval.fuse`, as hybrid search does)."""
+    question, cands = check_question(question), _sentence_candidates(_as_records(passages))
+    if not cands: return []
+    texts = [c["sentence"] for c in cands]
+    qv = index.encode([question])[0]  # the query as search encodes it (with the index's query prompt, if any)
+    sv = index.retriever.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    cos = np.asarray(sv, dtype=np.float32) @ qv
+    bm = np.zeros(len(texts), dtype=np.float32)
+    try:
+        bm25 = build_bm25(texts)
+        if any(bm25.tokenize([question])):  # a question of stopwords only has nothing to match
+            rows, scores = bm25.search([question], k=len(texts))
+            bm[rows[0]] = scores[0]
+    except InputError: pass  # no sentence has a word BM25 indexes: the cosine decides alone
+    rank = lambda s: (np.argsort(-s, kind="stable")[None].astype(np.int64), s[np.argsort(-s, kind="stable")][None])  # (rows, scores)
+    rows, fused = fuse(rank(cos), rank(bm), weight, "wsum")[0]
+    return [dict(cands[r], score=float(f), dense=float(cos[r]), bm25=float(bm[r])) for r, f in zip(rows, fused)]
+
+# %% ../nbs/06_rag.ipynb #x010
+NO_SENTENCE = "The passages found hold no sentence to quote, so I will not guess."
+
+def extract_answer(question: str, passages, index, policy: AccessPolicy | None = None, n: int = 2,
+                   min_share: float = 0.5, weight: float = SENTENCE_FUSION_WEIGHT) -> dict:
+    """Answer `question` by quoting verbatim the best sentence of the `passages` that `policy` may see (default: the
+    public, today), and the runner-up when it scores at least `min_share` of the best (`n` at most), each followed by
+    its citation: the reference code, else the passage id. No LLM: `answer`'s dict, with `mode="extractive"`."""
+    question, n = check_question(question), check_count(n, "n")
+    records = allowed_records(_as_records(passages), policy)  # the gate again, on whatever it is handed
+    used = [r.get("id", "?") for r in records]
+    base = dict(mode="extractive", passages=used, scores=[r.get("dense_score") for r in records], results=records, llm=None)
+    ranked = score_sentences(question, records, index, weight)
+    if not ranked: return {**base, "answer": NO_SENTENCE, "text": "", "cited": [], "grounded": False, "sentences": []}
+    chosen = [ranked[0]] + [s for s in ranked[1:n] if s["score"] >= min_share * ranked[0]["score"]]
+    if len({s["id"] for s in chosen}) == 1: chosen.sort(key=lambda s: s["position"])  # one passage: read in its order
+    text = " ".join(f"{s['sentence']} [{s['ref_code'] or s['id']}]" for s in chosen)
+    cited = list(dict.fromkeys(s["id"] for s in chosen))
+    return {**base, "answer": label_sources(text, cited, used), "text": text, "cited": cited, "grounded": True,
+            "sentences": chosen}
 
 # %% ../nbs/06_rag.ipynb #c032
 def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it, or give several words)
@@ -307,17 +466,26 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
             level: Annotated[list | None, dict(action="append", type=str)] = None,  # only these levels (repeatable)
             within: str | None = None,  # only records in this collection or series (id, reference code or title)
             creator: str | None = None,  # only records whose creator contains this
+            generate: store_true = False,  # answer with the LLM even offline (the local 135M model; it invents details)
+            extractive: store_true = False,  # quote the passages' best sentences, whatever the backend (no LLM)
            ) -> int:
-    "Answer a question from the archive's passages (RAG)."
+    "Answer a question from the archive's passages (RAG): quoted offline, written by the LLM with openai, vllm or --base_url."
     from archivesrag.search import default_index
     question = check_question(" ".join(question) if isinstance(question, (list, tuple)) else question)
+    if generate and extractive: raise InputError("--generate and --extractive exclude each other: give one, or neither "
+                                                 "(extractive offline, generated with --base_url, openai or vllm)")
     _check_settings(k=k, max_tokens=max_tokens, temperature=temperature, top_p=top_p, min_score=min_score,
                     retrieval=retrieval)
     policy, filters = AccessPolicy(clearance, as_of), RecordFilter(date_from, date_to, tuple(level or ()), within, creator)
-    index = default_index(corpus_file, model_name_or_path, index_dir)
     llm = _LazyLLM(dict(backend=backend, model=model, base_url=base_url, timeout=timeout))
+    mode = answer_mode(llm, "generated" if generate else "extractive" if extractive else None)
+    unused = [f"--{n}" for n, v in dict(model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                        timeout=timeout).items() if v is not None]
+    if mode == "extractive" and unused:  # said, not silently dropped
+        print(f"(an extractive answer uses no LLM: {', '.join(unused)} apply with --generate)", file=sys.stderr)
+    index = default_index(corpus_file, model_name_or_path, index_dir)
     res = answer(question, index, llm=llm, k=k, retrieval=retrieval, min_score=min_score, max_tokens=max_tokens,
-                 temperature=temperature, top_p=top_p, policy=policy, filters=filters)
+                 temperature=temperature, top_p=top_p, policy=policy, filters=filters, mode=mode)
     if res["error"]:
         hint = "; raise --max_tokens" if res.get("finish_reason") == "length" else ""
         raise InputError(f"the LLM failed: {res['error']}{hint}")
@@ -344,6 +512,11 @@ def _check_settings(k: int, max_tokens: int | None, temperature: float | None, t
 class _LazyLLM:
     "Starts the LLM only when `answer` needs it (not for a question nothing relevant was found for)."
     def __init__(self, settings: dict): self.settings, self._llm = settings, None
+    @property
+    def backend(self) -> str:
+        "The backend the settings name (`local` unless --backend, --base_url or OPENAI_API_KEY says otherwise), unloaded."
+        from archivesrag.llm import default_backend
+        return (self.settings["backend"] or default_backend(self.settings["base_url"])).lower()
     @property
     def llm(self):
         if self._llm is None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,31 +18,84 @@ import numpy as np
 
 from fastcore.basics import patch
 
-from .corpus import InputError, corpus_fingerprint, write_atomic
+from .core import InputError, cache_dir as cache_dir_for, check_text, read_json, write_atomic, write_json
+from .corpus import corpus_fingerprint
 from .models import hub_revision, import_faiss, load_embedder, resolve_embedder
 
 # %% auto #0
-__all__ = ['TEXT_FIELDS', 'FUSIONS', 'RETRIEVALS', 'DEFAULT_FUSION_WEIGHT', 'passage_text', 'passage_texts', 'check_queries',
-           'check_count', 'BM25', 'build_bm25', 'bm25_search', 'default_cache_dir', 'model_fingerprint',
-           'model_identity', 'embedding_cache_path', 'check_finite', 'encode_cached', 'encode_queries', 'flat_index',
-           'dense_search', 'minmax', 'fuse', 'Rankings', 'Retriever', 'keep_rows', 'markdown_table']
+__all__ = ['TEXT_FIELDS', 'TEXT_VIEWS', 'DEFAULT_TEXT_VIEW', 'BREADCRUMB_SEP', 'NO_BREADCRUMBS', 'NO_HELD_OUT_QUERIES',
+           'TEXT_VIEW_CHOICES', 'FUSIONS', 'RETRIEVALS', 'DEFAULT_FUSION_WEIGHT', 'view_fields', 'view_name',
+           'field_text', 'passage_text', 'passage_texts', 'has_breadcrumbs', 'default_text_view', 'check_queries',
+           'check_count', 'BM25', 'build_bm25', 'bm25_search', 'model_fingerprint', 'model_identity',
+           'embedding_cache_path', 'check_finite', 'encode_cached', 'encode_queries', 'flat_index', 'dense_search',
+           'minmax', 'fuse', 'Rankings', 'Retriever', 'keep_rows']
 
 # %% ../nbs/00c_retrieval.ipynb #r008
 TEXT_FIELDS = ("title", "text")
-"The passage fields that models and BM25 read, joined by a newline (empty ones are left out)."
+"The passage fields that models and BM25 read by default, joined by a newline (empty ones are left out)."
 
+TEXT_VIEWS = {"own": TEXT_FIELDS, "breadcrumb": ("breadcrumb", "title", "text")}
+"Named ways a passage reads: `own` (its title and text) or `breadcrumb` (its ancestors' titles first, then both)."
+DEFAULT_TEXT_VIEW = "own"
+BREADCRUMB_SEP = " > "
+
+def view_fields(text_fields=TEXT_FIELDS) -> tuple:
+    "The fields of a view named in `TEXT_VIEWS` (`'own'`, `'breadcrumb'`), or `text_fields` itself, a list of fields."
+    if isinstance(text_fields, str):
+        if text_fields not in TEXT_VIEWS:
+            raise InputError(f"unknown text view '{text_fields}' (use {' or '.join(TEXT_VIEWS)})")
+        return tuple(TEXT_VIEWS[text_fields])
+    return tuple(text_fields)
+
+# %% ../nbs/00c_retrieval.ipynb #r008_1
+def view_name(text_fields) -> str | None:
+    "The name of the view that reads exactly `text_fields` (a view name or a list of fields), else None."
+    fields = view_fields(text_fields)
+    return next((name for name, f in TEXT_VIEWS.items() if tuple(f) == fields), None)
+
+# %% ../nbs/00c_retrieval.ipynb #r008_2
+def field_text(value) -> str:
+    "A field as a model reads it: a list (a breadcrumb) as its titles joined by ' > ', anything else as `str`; empty: ''."
+    if isinstance(value, (list, tuple)): return BREADCRUMB_SEP.join(s for s in (str(v).strip() for v in value if v) if s)
+    return str(value) if value else ""
+
+# %% ../nbs/00c_retrieval.ipynb #r008_3
 def passage_text(record: dict, text_fields=TEXT_FIELDS) -> str:
-    "One passage as the models and BM25 read it: its non-empty `text_fields`, joined by a newline."
-    return "\n".join(str(record[f]) for f in text_fields if record.get(f))
+    "One passage as the models and BM25 read it: its non-empty `text_fields` (or a view's), joined by a newline."
+    return "\n".join(t for t in (field_text(record.get(f)) for f in view_fields(text_fields)) if t)
 
+# %% ../nbs/00c_retrieval.ipynb #r008_4
 def passage_texts(corpus, text_fields=TEXT_FIELDS) -> list[str]:
     "`passage_text` of every passage of a `datasets.Dataset` (read column by column) or a list of dicts."
+    wanted = view_fields(text_fields)
     cols = corpus.column_names if hasattr(corpus, "column_names") else list(dict.fromkeys(k for r in corpus for k in r))
-    fields = [f for f in text_fields if f in cols]
-    if not fields: raise InputError(f"the corpus has none of the text fields {', '.join(text_fields)} (columns: {', '.join(cols)})")
+    fields = [f for f in wanted if f in cols]
+    if not fields: raise InputError(f"the corpus has none of the text fields {', '.join(wanted)} (columns: {', '.join(cols)})")
     if not hasattr(corpus, "column_names"): return [passage_text(r, fields) for r in corpus]
     columns = [corpus[f] for f in fields]
-    return ["\n".join(str(c[i]) for c in columns if c[i]) for i in range(len(corpus))]
+    return ["\n".join(t for t in (field_text(c[i]) for c in columns) if t) for i in range(len(corpus))]
+
+# %% ../nbs/00c_retrieval.ipynb #r008_5
+def has_breadcrumbs(corpus) -> bool:
+    "Does any passage of `corpus` (a `Dataset` or a list of dicts) have a non-empty breadcrumb?"
+    if hasattr(corpus, "column_names"):
+        return "breadcrumb" in corpus.column_names and any(field_text(b) for b in corpus["breadcrumb"])
+    return any(field_text(r.get("breadcrumb")) for r in corpus)
+
+# %% ../nbs/00c_retrieval.ipynb #r008_6
+NO_BREADCRUMBS = "no breadcrumbs in this corpus"
+NO_HELD_OUT_QUERIES = "default: no held-out queries"
+TEXT_VIEW_CHOICES = ("auto", *TEXT_VIEWS)
+"What `--text_view` accepts: a view, or `auto` (chosen on held-out queries where there are some, else `own`)."
+
+def default_text_view(corpus, text_view: str | None = "auto") -> tuple[str, str]:
+    """`(view, why)` of an index or evaluation with no held-out queries to choose on: `text_view` as given ("given"),
+    `own` for `auto`; a corpus without breadcrumbs reads `own` whatever was asked, and says so."""
+    text_view = text_view or "auto"
+    if text_view not in TEXT_VIEW_CHOICES:
+        raise InputError(f"--text_view must be one of {', '.join(TEXT_VIEW_CHOICES)}, not '{text_view}'")
+    if not has_breadcrumbs(corpus): return DEFAULT_TEXT_VIEW, NO_BREADCRUMBS
+    return (DEFAULT_TEXT_VIEW, NO_HELD_OUT_QUERIES) if text_view == "auto" else (text_view, "given")
 
 # %% ../nbs/00c_retrieval.ipynb #r011
 def check_queries(queries, what: str = "query") -> list[str]:
@@ -51,22 +103,15 @@ def check_queries(queries, what: str = "query") -> list[str]:
     if not isinstance(queries, (str, list, tuple)):  # `list(12345)` or `list(None)` would fail deep inside
         raise InputError(f"the {what} must be a string or a list of strings, got {type(queries).__name__} {queries!r:.40}")
     qs = [queries] if isinstance(queries, str) else list(queries)
-    for n, q in enumerate(qs, 1):
-        where = f"{what} {n}" if len(qs) > 1 else f"the {what}"
-        if not isinstance(q, str): raise InputError(f"{where} must be a string, got {type(q).__name__}")
-        if not q.strip(): raise InputError(f"{where} is empty: type some words to search for")
-        try: q.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise InputError(f"{where} has an invalid character at position {e.start} (a lone surrogate, "
-                             f"{q[e.start]!r}: broken bytes in the input); retype it or fix the file's encoding") from None
+    for n, q in enumerate(qs, 1): check_text(q, f"{what} {n}" if len(qs) > 1 else f"the {what}", empty="type some words to search for")
     return qs
 
+# %% ../nbs/00c_retrieval.ipynb #r011_1
 def check_count(value, name: str) -> int:
     "`value` as an int of at least 1, or an `InputError` naming `name` (`k`, `depth`, `--k`…): never silently clamped."
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
     return int(value)
-
 
 # %% ../nbs/00c_retrieval.ipynb #r014
 class BM25(bm25s.BM25):
@@ -97,8 +142,8 @@ class BM25(bm25s.BM25):
     def save(self, save_dir, **kwargs):
         "Save the index and its tokenisation settings to `save_dir`."
         super().save(save_dir, show_progress=False, **kwargs)
-        (Path(save_dir) / "tokenization.json").write_text(json.dumps(
-            {"stopwords": self.stopwords, "stemmer_language": self.stemmer_language, "bm25s": bm25s.__version__}))
+        write_json({"stopwords": self.stopwords, "stemmer_language": self.stemmer_language, "bm25s": bm25s.__version__},
+                   Path(save_dir) / "tokenization.json")
 
     @classmethod
     def load(cls, save_dir, **kwargs):
@@ -106,10 +151,11 @@ class BM25(bm25s.BM25):
         save_dir = Path(save_dir)
         if not (save_dir / "params.index.json").exists(): raise InputError(f"{save_dir}: no BM25 index here")
         obj = super().load(save_dir, show_progress=False, **kwargs)
-        settings = json.loads((save_dir / "tokenization.json").read_text())
+        settings = read_json(save_dir / "tokenization.json", "BM25 settings file", "rebuild the index")
         obj.stopwords, obj.stemmer_language = settings["stopwords"], settings["stemmer_language"]
         return obj
 
+# %% ../nbs/00c_retrieval.ipynb #r014_1
 def build_bm25(texts: list[str], stopwords: str | None = "en", stemmer: str | None = "english", **bm25_params) -> BM25:
     "A BM25 index (bm25s, Lucene scoring) over `texts`, with English stopwords and the Snowball stemmer by default."
     texts = list(texts)
@@ -122,15 +168,12 @@ def build_bm25(texts: list[str], stopwords: str | None = "en", stemmer: str | No
     bm25.index(tokens, show_progress=len(texts) > 10_000)
     return bm25
 
+# %% ../nbs/00c_retrieval.ipynb #r014_2
 def bm25_search(bm25: BM25, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     "Top-`k` `(indices [nq, k], scores [nq, k])` of `queries` in `bm25` (k is capped at the number of passages)."
     return bm25.search([queries] if isinstance(queries, str) else list(queries), k)
 
 # %% ../nbs/00c_retrieval.ipynb #r017
-def default_cache_dir() -> Path:
-    "Where embeddings are cached: `$ARCHIVESRAG_CACHE`, else `~/.cache/archivesrag/embeddings`."
-    return Path(os.environ.get("ARCHIVESRAG_CACHE") or Path.home() / ".cache" / "archivesrag" / "embeddings").expanduser()
-
 def model_fingerprint(model_path: str) -> str | None:
     "Identity of a model's weights: a local folder's file names, sizes and mtimes (not its README), or a Hub id and commit."
     p = Path(str(model_path)).expanduser()
@@ -147,18 +190,20 @@ def model_fingerprint(model_path: str) -> str | None:
     h.update(f"{model_path}@{rev}".encode())
     return h.hexdigest()[:16]
 
+# %% ../nbs/00c_retrieval.ipynb #r017_1
 def model_identity(model_name_or_path: str | None, role: str = "base_embedder") -> tuple[str, str | None]:
     "`(model, fingerprint)` to record with embeddings: an absolute folder path, or a Hub id, and its fingerprint."
     model = resolve_embedder(model_name_or_path, role=role)
     if Path(model).expanduser().exists(): model = str(Path(model).expanduser().resolve())
     return model, model_fingerprint(model)
 
+# %% ../nbs/00c_retrieval.ipynb #r017_2
 def embedding_cache_path(model_name_or_path: str, texts: list[str], cache_dir=None, prompt: str | None = None,
                          normalize: bool = True, fingerprint: str | None = None) -> Path:
     "The `.npy` file that holds (or will hold) the embeddings of `texts` by this model with this prompt."
     fp = fingerprint or model_fingerprint(model_name_or_path) or "unpinned"
     key = json.dumps([str(model_name_or_path), fp, prompt or "", bool(normalize), corpus_fingerprint(texts), len(texts)])
-    return Path(cache_dir or default_cache_dir()) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
+    return Path(cache_dir or cache_dir_for("embeddings")) / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npy"
 
 # %% ../nbs/00c_retrieval.ipynb #r020
 def check_finite(emb: np.ndarray, model, what: str = "texts") -> np.ndarray:
@@ -170,6 +215,7 @@ def check_finite(emb: np.ndarray, model, what: str = "texts") -> np.ndarray:
                          "retrain it or use another --model_name_or_path")
     return emb
 
+# %% ../nbs/00c_retrieval.ipynb #r020_1
 def _save_npy(f: Path, emb: np.ndarray, meta: dict):
     buf = io.BytesIO()
     np.save(buf, emb)
@@ -204,6 +250,7 @@ def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=No
                        "n": len(texts), "dim": emb.shape[1]})
     return emb
 
+# %% ../nbs/00c_retrieval.ipynb #r020_2
 def _model_name(model) -> str:
     "The folder or Hub id a loaded `SentenceTransformer` came from (its tokenizer's `name_or_path`)."
     return getattr(getattr(model, "tokenizer", None), "name_or_path", None) or type(model).__name__
@@ -232,16 +279,17 @@ def flat_index(embeddings: np.ndarray, use_gpu: bool = False):
     index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
     return index
 
+# %% ../nbs/00c_retrieval.ipynb #r023_1
 def dense_search(index, query_emb: np.ndarray, k: int, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    "Top-`k` `(scores, indices)` of each query vector in a faiss `index`, each `queries × k`, best first (-1 pads)."
+    "Top-`k` `(rows, scores)` of each query vector in a faiss `index`, each `queries × k`, best first (row -1 pads)."
     from tqdm.auto import tqdm
     k = max(1, min(check_count(k, "k"), index.ntotal))  # an empty index still answers with -1 pads
     scores, idx = [], []
     for i in tqdm(range(0, len(query_emb), batch_size), desc="searching", disable=len(query_emb) <= batch_size):
         s, j = index.search(np.ascontiguousarray(query_emb[i:i + batch_size], dtype=np.float32), k)
         scores.append(s); idx.append(j)
-    if not scores: return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(scores), np.concatenate(idx)
+    if not scores: return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(idx), np.concatenate(scores)
 
 # %% ../nbs/00c_retrieval.ipynb #r026
 FUSIONS = ("wsum", "rrf")
@@ -254,8 +302,9 @@ def minmax(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):  # a row with nothing valid has lo = inf: it stays 0
         return np.where(valid, (s - lo) / np.maximum(hi - lo, 1e-9), 0.0)
 
+# %% ../nbs/00c_retrieval.ipynb #r026_1
 def _contributions(dense, lexical, weight: float, method: str, rrf_k: int):
-    (ds, di), (ls, li) = dense, lexical
+    (di, ds), (li, ls) = dense, lexical
     dv, lv = di >= 0, (li >= 0) & (ls > 0)
     if method == "wsum": return dv, lv, weight * minmax(ds, dv), (1 - weight) * minmax(ls, lv)
     if method == "rrf":  # valid entries come first in both lists, so a position is a rank
@@ -265,9 +314,9 @@ def _contributions(dense, lexical, weight: float, method: str, rrf_k: int):
 
 def fuse(dense: tuple, lexical: tuple, weight: float = 0.5, method: str = "wsum",
          rrf_k: int = 60) -> list[tuple[np.ndarray, np.ndarray]]:
-    "Fuse per-query `(scores, rows)` arrays of dense and BM25 search: one `(rows, scores)` pair per query, best first."
+    "Fuse per-query `(rows, scores)` arrays of dense and BM25 search: one `(rows, scores)` pair per query, best first."
     if not 0 <= weight <= 1: raise InputError(f"the fusion weight must be between 0 and 1, got {weight}")
-    (_, di), (_, li) = dense, lexical
+    (di, _), (li, _) = dense, lexical
     nq = len(di)
     dv, lv, dval, lval = _contributions(dense, lexical, weight, method, rrf_k)
     n = int(max(di.max(initial=-1), li.max(initial=-1))) + 1
@@ -288,7 +337,7 @@ DEFAULT_FUSION_WEIGHT = 0.3
 
 @dataclass
 class Rankings:
-    "Dense and BM25 top-`depth` of a batch of queries: `(scores, rows)` arrays each (None for a missing system)."
+    "Dense and BM25 top-`depth` of a batch of queries: `(rows, scores)` arrays each (None for a missing system)."
     dense: tuple | None
     lexical: tuple | None
     qvecs: np.ndarray | None = None
@@ -328,16 +377,16 @@ class Retriever:
 
 # %% ../nbs/00c_retrieval.ipynb #r036h
 def keep_rows(part: tuple | None, allowed: np.ndarray | None, depth: int) -> tuple | None:
-    "A ranking `(scores, rows)` without the rows `allowed` forbids, cut to `depth` and padded with row -1."
+    "A ranking `(rows, scores)` without the rows `allowed` forbids, cut to `depth` and padded with row -1."
     if part is None or allowed is None: return part
-    scores, rows = part
+    rows, scores = part
     ok = (rows >= 0) & allowed[np.clip(rows, 0, None)]
     out_s = np.full((len(rows), depth), -np.inf, dtype=np.float32)
     out_r = np.full((len(rows), depth), -1, dtype=np.int64)
     for i, m in enumerate(ok):
         s, r = scores[i][m][:depth], rows[i][m][:depth]
         out_s[i, :len(s)], out_r[i, :len(r)] = s, r
-    return out_s, out_r
+    return out_r, out_s
 
 # %% ../nbs/00c_retrieval.ipynb #r037
 @patch
@@ -352,9 +401,10 @@ def rank(self: Retriever, queries: list[str], depth: int = 100, qvecs: np.ndarra
     if self.faiss_index is not None:
         qvecs = self.encode(queries) if qvecs is None else qvecs
         dense = dense_search(self.faiss_index, qvecs, fetch)
-    if self.bm25 is not None: lexical = tuple(bm25_search(self.bm25, queries, fetch)[::-1])  # as (scores, rows)
+    if self.bm25 is not None: lexical = bm25_search(self.bm25, queries, fetch)
     return Rankings(keep_rows(dense, allowed, depth), keep_rows(lexical, allowed, depth), qvecs)
 
+# %% ../nbs/00c_retrieval.ipynb #r037_1
 @patch
 def select(self: Retriever, rankings: Rankings, k: int = 10, retrieval: str = "hybrid", weight: float | None = None,
            fusion: str | None = None, allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -370,25 +420,17 @@ def select(self: Retriever, rankings: Rankings, k: int = 10, retrieval: str = "h
     else:
         part = rankings.dense if retrieval == "dense" else rankings.lexical
         if part is None: raise InputError(f"this index has no {retrieval} part; use another --retrieval, or rebuild the index")
-        s, r = part
+        r, s = part
         ok = (r >= 0) & (s > 0) if retrieval == "bm25" else r >= 0
         hits = [(rr[m], ss[m]) for rr, ss, m in zip(r, s, ok)]
     if allowed is not None:  # again on the final rows: some faiss indexes (GPU, HNSW, sharded IVF) ignore selectors
         hits = [(rows[allowed[rows]], scores[allowed[rows]]) for rows, scores in hits]
     return [(rows[:k], scores[:k]) for rows, scores in hits]
 
+# %% ../nbs/00c_retrieval.ipynb #r037_2
 @patch
 def search(self: Retriever, queries, k: int = 10, retrieval: str = "hybrid", depth: int = 100,
            allowed: np.ndarray | None = None):
     "`select(rank(queries, depth), k, retrieval)`: the top-`k` `(rows, scores)` of each query (of `allowed` passages)."
     k, depth = check_count(k, "k"), check_count(depth, "depth")  # before any model runs
     return self.select(self.rank(check_queries(queries), max(depth, k), allowed=allowed), k, retrieval, allowed=allowed)
-
-# %% ../nbs/00c_retrieval.ipynb #r040
-def markdown_table(rows: dict | list, columns: list | None = None, first: str = "system", digits: int = 3) -> str:
-    "A markdown table from `{name: {column: value}}` (one row per name) or a list of dicts (one row per dict)."
-    if isinstance(rows, dict): rows = [{first: name, **vals} for name, vals in rows.items()]
-    columns = list(columns or dict.fromkeys(c for r in rows for c in r))
-    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else "" if v is None else str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows])

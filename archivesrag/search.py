@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated
 
@@ -28,18 +28,20 @@ from fastcore.basics import patch
 from fastcore.script import store_true
 
 from .archives import AccessPolicy, RecordFilter, visible_mask
-from .corpus import InputError, _umask, corpus_fingerprint, load_passages, sample_path, write_atomic
+from .core import InputError, _umask, cache_dir, output_lock, read_json, write_json
+from .corpus import corpus_fingerprint, load_passages, sample_path
 from .models import import_faiss, is_offline, load_embedder
-from .queries import _output_lock
-from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, Rankings, Retriever, build_bm25,
-                                   check_count, check_queries, encode_cached, model_fingerprint, model_identity,
-                                   passage_texts)
+from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, TEXT_VIEW_CHOICES, TEXT_VIEWS,
+                                   Rankings, Retriever, build_bm25, check_count, check_queries, default_text_view,
+                                   encode_cached, model_fingerprint, model_identity, passage_texts, view_fields,
+                                   view_name)
 
 # %% auto #0
 __all__ = ['DEFAULT_RETRIEVAL', 'MANIFEST', 'INDEX_FORMAT', 'INDEX_PARTS', 'LOAD_TRIES', 'find_finetuned_model', 'SearchIndex',
-           'check_index_factory', 'access_counts', 'index_checksums', 'check_index_dir', 'rebuild_hint',
-           'compare_index_types', 'plot_score_distributions', 'default_index', 'search', 'format_results',
-           'left_out_line', 'json_lines', 'search_cli']
+           'check_index_factory', 'manifest_text_view', 'access_counts', 'index_checksums', 'check_index_dir',
+           'rebuild_hint', 'read_manifest', 'set_text_view', 'set_fusion_weight', 'compare_index_types',
+           'plot_score_distributions', 'default_index', 'search', 'format_results', 'left_out_line', 'json_lines',
+           'search_cli']
 
 # %% ../nbs/05_search.ipynb #c010
 DEFAULT_RETRIEVAL = "hybrid"  # at least as good as dense alone on held-out queries (04_evaluation, issue 9)
@@ -49,9 +51,6 @@ INDEX_FORMAT = 3
 INDEX_PARTS = ("dataset", "embeddings.faiss", "bm25")
 "The parts of an index folder besides `manifest.json`; the manifest records the sha256 of each of their files."
 
-def _index_dir_default() -> Path:
-    "Where `archivesrag search` caches the indexes it builds itself (ARCHIVESRAG_CACHE, else ~/.cache/archivesrag)."
-    return Path(os.environ.get("ARCHIVESRAG_CACHE", "~/.cache/archivesrag")).expanduser() / "indexes"
 
 def find_finetuned_model(root: str | Path = "runs") -> str | None:
     "The most recently trained model folder `runs/*/model` (a sentence-transformers folder), or None."
@@ -75,10 +74,16 @@ class SearchIndex:
     def __repr__(self):
         m = self.manifest
         return (f"SearchIndex({len(self)} passages, model={m['model']}, faiss={m['index_factory']}, dims={m['dims']}, "
-                f"bm25={'yes' if self.bm25 is not None else 'no'}, fusion weight={m['fusion_weight']})")
+                f"bm25={'yes' if self.bm25 is not None else 'no'}, fusion weight={m['fusion_weight']}, "
+                f"text view={self.text_view})")
 
     @property
     def model_name_or_path(self) -> str: return self.manifest["model"]
+
+    @property
+    def text_view(self) -> str | None:
+        "What the passages were read as when embedded and indexed: `own`, `breadcrumb` (None: other `text_fields`)."
+        return manifest_text_view(self.manifest)
 
     @property
     def retriever(self) -> Retriever:
@@ -109,6 +114,7 @@ def check_index_factory(factory, dims: int, passages: int):
         raise InputError(f"--index_factory {factory!r}: IVF{lists} sorts the vectors into {lists} clusters, so it needs "
                          f"at least {lists} passages to train; this corpus has {passages}. Use {smaller}Flat (exact)")
 
+# %% ../nbs/05_search.ipynb #c016f_1
 @patch
 def _add_faiss(self: SearchIndex, use_gpu: bool | None = None, file: str | Path | None = None):
     "Attach the faiss index to the dataset's `embeddings` column: built from the factory string, or read from `file`."
@@ -144,15 +150,32 @@ def set_search_params(self: SearchIndex, nprobe: int | None = None, efSearch: in
 def _corpus_file(corpus) -> str | None:
     return str(Path(corpus).expanduser().resolve()) if isinstance(corpus, (str, Path)) else None
 
+def manifest_text_view(m: dict) -> str | None:
+    "The text view an index's manifest records (an index made before views existed: the view of its `text_fields`)."
+    return m.get("text_view") or view_name(m.get("text_fields") or TEXT_FIELDS)
+
+# %% ../nbs/05_search.ipynb #c014b_1
+def _text_view(ds, text_fields, text_view, text_view_from) -> tuple[list, str | None, object]:
+    "`(fields, view, why)` an index reads `ds` with: a view (`auto`: `own` until chosen), or the `text_fields` given."
+    if text_view is None and tuple(view_fields(text_fields)) != TEXT_FIELDS:  # the old API: fields, not a view
+        fields = [f for f in view_fields(text_fields) if f in ds.column_names] or ["text"]
+        return fields, view_name(fields), text_view_from or "given text_fields"
+    view, why = default_text_view(ds, text_view)
+    if view == text_view and text_view_from is not None: why = text_view_from  # chosen elsewhere, on held-out queries
+    return [f for f in TEXT_VIEWS[view] if f in ds.column_names] or ["text"], view, why
+
 @patch(cls_method=True)
 def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index_factory: str = "Flat",
           text_fields=TEXT_FIELDS, batch_size: int = 64, use_gpu: bool | None = None, bm25: bool = True,
-          fusion_weight: float | None = None, query_prompt: str | None = None, cache_dir=None) -> SearchIndex:
-    "Embed `corpus` (title + text; cached) and index it with faiss (+ BM25). The model is recorded by absolute path."
+          fusion_weight: float | None = None, query_prompt: str | None = None, cache_dir=None,
+          text_view: str | None = None, text_view_from=None) -> SearchIndex:
+    """Embed `corpus` read in `text_view` (`own`: title + text; `breadcrumb`: ancestors' titles first; `auto`/None:
+    `own` until chosen on held-out queries) — cached — and index it with faiss (+ BM25). The manifest records the
+    model by absolute path, the view and `text_view_from` (why: the queries it was chosen on, or a reason)."""
     fusion_weight = DEFAULT_FUSION_WEIGHT if fusion_weight is None else float(fusion_weight)
     if not 0 <= fusion_weight <= 1: raise InputError(f"the fusion weight must be between 0 and 1, got {fusion_weight}")
     ds = load_passages(corpus)
-    fields = [f for f in text_fields if f in ds.column_names] or ["text"]
+    fields, view, why = _text_view(ds, text_fields, text_view, text_view_from)
     texts = passage_texts(ds, fields)
     model, fp = model_identity(model_name_or_path)
     if index_factory != "Flat":  # before the long part, the embedding: Flat needs no check
@@ -163,13 +186,15 @@ def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index
     manifest = dict(format=INDEX_FORMAT, model=model, model_fingerprint=fp, index_factory=index_factory,
                     metric="inner_product", normalized=True, dims=int(emb.shape[1]), passages=len(ds),
                     corpus_fingerprint=corpus_fingerprint(ds["text"]), corpus_file=_corpus_file(corpus),
-                    text_fields=fields, bm25=bool(bm25), fusion="wsum", fusion_weight=fusion_weight,
+                    text_fields=fields, text_view=view, text_view_from=why, texts_fingerprint=corpus_fingerprint(texts),
+                    bm25=bool(bm25), fusion="wsum", fusion_weight=fusion_weight,
                     query_prompt=query_prompt or None, access=access_counts(ds),
                     created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     index = cls(ds, manifest, bm25=build_bm25(texts) if bm25 else None)
     index._add_faiss(use_gpu)
     return index
 
+# %% ../nbs/05_search.ipynb #c014b_2
 def access_counts(ds) -> dict:
     "Passages per stated access status (the index records each passage's access; the gate judges it at query time)."
     if "access" not in ds.column_names: return {"open": len(ds)}
@@ -177,9 +202,9 @@ def access_counts(ds) -> dict:
 
 # %% ../nbs/05_search.ipynb #c016s
 def _ranks(part, qi: int, lexical: bool = False) -> tuple[dict, dict]:
-    "`({row: rank}, {row: score})` of one query's entries in a `(scores, rows)` ranking (BM25's: score > 0 only)."
+    "`({row: rank}, {row: score})` of one query's entries in a `(rows, scores)` ranking (BM25's: score > 0 only)."
     if part is None: return {}, {}
-    s, r = part[0][qi], part[1][qi]
+    r, s = part[0][qi], part[1][qi]
     ok = (r >= 0) & (s > 0) if lexical else r >= 0
     return {int(x): n for n, x in enumerate(r[ok], 1)}, {int(x): float(v) for x, v in zip(r[ok], s[ok])}
 
@@ -211,12 +236,14 @@ def visible(self: SearchIndex, policy: AccessPolicy | None = None, filters: Reco
     if key not in cache: cache[key] = visible_mask(self.dataset, *key)
     return cache[key]
 
+# %% ../nbs/05_search.ipynb #c016s_1
 @patch
 def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str | None = None, depth: int = 100,
            fusion_weight: float | None = None, policy: AccessPolicy | None = None,
-           filters: RecordFilter | None = None) -> list[dict] | list[list[dict]]:
+           filters: RecordFilter | None = None, query_vectors: np.ndarray | None = None) -> list[dict] | list[list[dict]]:
     """Top-`k` passages for `query` (a list of queries gives a list of lists) that `policy` may see (default: the
-    public, today) and `filters` keep: dicts with id, title, score, ranks, reference code, breadcrumb, text."""
+    public, today) and `filters` keep: dicts with id, title, score, ranks, reference code, breadcrumb, text.
+    `query_vectors`: the queries already encoded (one row each), e.g. to time the search apart from the encoder."""
     retrieval = retrieval or DEFAULT_RETRIEVAL
     if retrieval not in RETRIEVALS: raise InputError(f"retrieval must be one of {', '.join(RETRIEVALS)}, not '{retrieval}'")
     if retrieval == "bm25" and self.bm25 is None: raise InputError("this index has no BM25 part; use --retrieval dense or rebuild the index")
@@ -227,7 +254,7 @@ def search(self: SearchIndex, query: str | list[str], k: int = 3, retrieval: str
     allowed, _ = self.visible(policy, filters)
     if not allowed.any(): return [] if isinstance(query, str) else [[] for _ in queries]
     r = self.retriever
-    rk = r.rank(queries, max(depth, k), allowed=allowed)  # both rankings: every result shows both ranks
+    rk = r.rank(queries, max(depth, k), qvecs=query_vectors, allowed=allowed)  # both rankings: every result shows both ranks
     hits = r.select(rk, k, retrieval, weight=fusion_weight, allowed=allowed)
     out = [self._results(rk, qi, rows, scores, retrieval) for qi, (rows, scores) in enumerate(hits)]
     return out[0] if isinstance(query, str) else out
@@ -272,7 +299,7 @@ def _write(self: SearchIndex, folder: Path):
     if self.bm25 is not None: self.bm25.save(str(folder / "bm25"))
     # a new id at every save: a reader that saw save A, then B, then A again of the same index must see a change
     self.manifest = {**self.manifest, "format": INDEX_FORMAT, "saved": uuid.uuid4().hex, "sha256": index_checksums(folder)}
-    write_atomic(folder / MANIFEST, json.dumps(self.manifest, indent=2))
+    write_json(self.manifest, folder / MANIFEST)
 
 
 # %% ../nbs/05_search.ipynb #c016x
@@ -292,18 +319,16 @@ def check_index_dir(folder: str | Path) -> Path:
                          "written over them: choose another --index_dir")
     return folder
 
+# %% ../nbs/05_search.ipynb #c016x_1
 @contextmanager
 def _index_lock(folder: Path):
-    "One writer per index folder (the `<folder>.lock` beside it, `queries._output_lock`); a second is refused at once."
+    "One writer per index folder (the `<folder>.lock` beside it, `core.output_lock`); a second is refused at once."
     folder = Path(os.path.abspath(folder))  # `.` and `x/..` have a name to put `.lock` after
     try: folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise InputError(f"{folder.parent}: cannot create the folder ({e.strerror})") from None
     with ExitStack() as stack:
-        try: stack.enter_context(_output_lock(folder))
+        try: stack.enter_context(output_lock(folder, "another run is building or saving this index", "--index_dir"))
         except OSError as e: raise InputError(f"{folder}: cannot write beside it in {folder.parent} ({e.strerror})") from None
-        except InputError:
-            raise InputError(f"{folder}: another run is building or saving this index (it holds {folder.name}.lock); "
-                             "wait for it to finish, or use another --index_dir") from None
         yield folder
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -345,26 +370,28 @@ def _swap_in(self: SearchIndex, folder: Path):
         raise
     if old is not None: shutil.rmtree(old, ignore_errors=True)  # the index this one replaced (or an empty folder)
 
-
 # %% ../nbs/05_search.ipynb #c017l
 def rebuild_hint(folder: Path, manifest: dict | None = None) -> str:
     "How to rebuild the index in `folder`: the command, with its corpus and model when the manifest names them."
     m = manifest or {}
     model = f" --model_name_or_path {m['model']}" if m.get("model") else ""
+    if m.get("text_view") not in (None, "own"): model += f" --text_view {m['text_view']}"
     run = lambda where: f"`archivesrag search --index_dir {where} --corpus_file {m.get('corpus_file') or 'CORPUS'}{model} \"a query\"`"
     if {"model", "index_factory"} <= set(m): return f"rebuild it: delete {folder} and run {run(folder)}"
     # no manifest of ours: the folder may be the user's own (documents, a corpus file), never advise deleting it
     return f"rebuild it in another folder: run {run('NEW_FOLDER')}"
 
-def _read_manifest(folder: Path) -> dict:
+# %% ../nbs/05_search.ipynb #c017l_1
+def read_manifest(folder: Path) -> dict:
     f = folder / MANIFEST
     if folder.is_file():
         raise InputError(f"{folder}: a file, not a search index folder; give the folder `archivesrag search --index_dir` built")
     if not f.exists():
         raise InputError(f"{folder}: not a complete search index (no {MANIFEST}); {rebuild_hint(folder)}")
-    try: m = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{f}: damaged ({type(e).__name__}: {e}); {rebuild_hint(folder)}") from None
+    try: m = read_json(f, "search index manifest", rebuild_hint(folder))
+    except InputError as e:
+        if "is a JSON object" not in str(e): raise
+        m = None
     ours = m if isinstance(m, dict) else None
     if ours is None or m.get("format") != INDEX_FORMAT:
         got = m.get("format", "1") if ours is not None else "?"
@@ -397,7 +424,6 @@ def _reading(path: Path, folder: Path, manifest: dict):
     except Exception as e:  # faiss raises RuntimeError, Arrow ArrowInvalid, numpy ValueError, json JSONDecodeError...
         why = " ".join(str(e).split())[:160]
         raise InputError(f"{path}: damaged ({type(e).__name__}: {why}); {rebuild_hint(folder, manifest)}") from None
-
 
 # %% ../nbs/05_search.ipynb #c017m
 def _check_model(folder: Path, m: dict, asked: str | None = None):
@@ -432,7 +458,7 @@ def load(cls: SearchIndex, folder: str | Path, model_name_or_path: str | None = 
     "Reload a saved index; nothing is re-embedded. Refuses another model, a changed or missing one, and damaged files."
     folder = Path(folder)
     for _ in range(LOAD_TRIES):
-        m = _read_manifest(folder)
+        m = read_manifest(folder)
         try: index = cls._load_parts(folder, m, model_name_or_path, use_gpu)
         except InputError:
             if _replaced(folder, m): continue  # parts of two indexes: read the new one whole
@@ -456,6 +482,46 @@ def _load_parts(cls: SearchIndex, folder: Path, m: dict, model_name_or_path: str
     if len(set(sizes.values())) > 1:
         raise InputError(f"{folder}: its parts disagree on the number of passages ({sizes}); {rebuild_hint(folder, m)}")
     return index
+
+# %% ../nbs/05_search.ipynb #c017s
+def set_text_view(index_dir: str | Path, text_view: str, text_view_from=None, verbose: bool = True) -> dict:
+    """Make the index in `index_dir` read its passages in `text_view`, and record why (`text_view_from`): if it already
+    does, only its manifest changes; else it is rebuilt from its corpus file — same model, faiss factory, BM25,
+    fusion weight — and swapped in whole. Returns the new manifest."""
+    folder = Path(index_dir)
+    if text_view not in TEXT_VIEWS: raise InputError(f"unknown text view '{text_view}' (use {' or '.join(TEXT_VIEWS)})")
+    with _index_lock(folder) as absolute:
+        m = read_manifest(folder)
+        now = manifest_text_view(m)
+        if now == text_view:
+            m = {**m, "text_view": text_view, "text_view_from": text_view_from}
+            write_json(m, folder / MANIFEST)
+            return m
+        corpus = m.get("corpus_file")
+        if not corpus or not Path(corpus).exists():
+            raise InputError(f"{folder}: its passages read as '{now}' and '{text_view}' was chosen, but its corpus file "
+                             f"({corpus or 'not recorded'}) is not there to rebuild it from; rebuild it with "
+                             f"`archivesrag search --index_dir NEW_FOLDER --corpus_file CORPUS --text_view {text_view} \"a query\"`")
+        new = SearchIndex.build(corpus, model_name_or_path=m["model"], index_factory=m["index_factory"], bm25=m["bm25"],
+                                fusion_weight=m["fusion_weight"], query_prompt=m.get("query_prompt"),
+                                text_view=text_view, text_view_from=text_view_from, use_gpu=m.get("use_gpu"))
+        if new.manifest["corpus_fingerprint"] != m.get("corpus_fingerprint"):
+            raise InputError(f"{folder}: {corpus} has changed since the index was built, so it cannot be rebuilt to read "
+                             f"'{text_view}' as the same index; build it anew with --text_view {text_view}")
+        new.manifest.update({k: m[k] for k in ("fusion_weight_from",) if k in m})
+        if verbose: print(f"{folder}: rebuilt to read its passages as '{text_view}' (was '{now}')")
+        new._swap_in(absolute)
+    return new.manifest
+
+# %% ../nbs/05_search.ipynb #c017s_fw
+def set_fusion_weight(index_dir: str | Path, weight: float, fusion_weight_from: dict | None = None) -> dict:
+    "Record in the index's manifest the fusion weight `search` and `ask` serve, and where it was chosen; returns the manifest."
+    folder = Path(index_dir)
+    if not 0 <= weight <= 1: raise InputError(f"the fusion weight must be between 0 and 1, got {weight}")
+    with _index_lock(folder):
+        m = {**read_manifest(folder), "fusion_weight": float(weight), "fusion_weight_from": fusion_weight_from}
+        write_json(m, folder / MANIFEST)
+    return m
 
 # %% ../nbs/05_search.ipynb #c022
 def compare_index_types(embeddings: np.ndarray, queries: np.ndarray, factories=("Flat", "IVF16,Flat", "HNSW32"),
@@ -499,14 +565,16 @@ def plot_score_distributions(index: SearchIndex, queries: list[str], k: int = 5,
     return ax
 
 # %% ../nbs/05_search.ipynb #c031
-def _build_and_save(corpus, model_name_or_path, index_factory: str, index_dir: Path, verbose: bool) -> SearchIndex:
+def _build_and_save(corpus, model_name_or_path, index_factory: str, index_dir: Path, verbose: bool,
+                    text_view: str | None = None) -> SearchIndex:
     "Build the index of `corpus` and swap it into `index_dir`, holding the folder's lock from the first step to the last."
     check_index_dir(index_dir)  # before anything is embedded
     with _index_lock(index_dir) as absolute:
         if (index_dir / MANIFEST).exists():  # another run built it while this one started: never write over it
-            return _open_existing(index_dir, model_name_or_path, corpus, index_factory)
+            return _open_existing(index_dir, model_name_or_path, corpus, index_factory, text_view)
         if verbose: print(f"building the search index for {corpus} in {index_dir} (once)")
-        index = SearchIndex.build(corpus, model_name_or_path=model_name_or_path, index_factory=index_factory)
+        index = SearchIndex.build(corpus, model_name_or_path=model_name_or_path, index_factory=index_factory,
+                                  text_view=text_view)
         index._swap_in(absolute)
     return index
 
@@ -516,12 +584,16 @@ def _model_or_finetuned(model_name_or_path, verbose: bool):
         if model_name_or_path and verbose: print(f"using the fine-tuned model {model_name_or_path}")
     return model_name_or_path
 
-def _check_same_build(index: SearchIndex, index_dir: Path, corpus_file, index_factory: str | None):
-    "An existing index answers only for the corpus and faiss factory it was built with: a different one is an error."
+def _check_same_build(index: SearchIndex, index_dir: Path, corpus_file, index_factory: str | None,
+                      text_view: str | None = None):
+    "An existing index answers only for the corpus, faiss factory and text view it was built with: another is an error."
     m = index.manifest
     if index_factory is not None and index_factory != m["index_factory"]:
         raise InputError(f"{index_dir}: this index was built with --index_factory {m['index_factory']!r}, not "
                          f"{index_factory!r}; leave the flag out to search it, or build the new one in another --index_dir")
+    if text_view not in (None, "auto") and text_view != index.text_view:
+        raise InputError(f"{index_dir}: this index reads its passages as '{index.text_view}' ({m.get('text_view_from') or 'given'}), "
+                         f"not '{text_view}'; leave out --text_view to search it, or build the other view in another --index_dir")
     if corpus_file is None: return
     ds = load_passages(corpus_file)
     if corpus_fingerprint(ds["text"]) != m.get("corpus_fingerprint"):
@@ -529,38 +601,45 @@ def _check_same_build(index: SearchIndex, index_dir: Path, corpus_file, index_fa
                          f"{m['passages']} passages), not {corpus_file} ({len(ds)} passages); leave out --corpus_file to "
                          "search it, or build the new corpus into another --index_dir")
 
-def _open_existing(index_dir: Path, model_name_or_path, corpus_file, index_factory: str | None) -> SearchIndex:
+def _open_existing(index_dir: Path, model_name_or_path, corpus_file, index_factory: str | None,
+                   text_view: str | None = None) -> SearchIndex:
     index = SearchIndex.load(index_dir, model_name_or_path=model_name_or_path)
-    _check_same_build(index, index_dir, corpus_file, index_factory)
+    _check_same_build(index, index_dir, corpus_file, index_factory, text_view)
     return index
 
 def default_index(corpus_file: str | Path | None = None, model_name_or_path: str | None = None,
-                  index_dir: str | Path | None = None, index_factory: str | None = None, verbose: bool = True) -> SearchIndex:
-    "The index in `index_dir` (built there from `corpus_file` if absent), else a cached one of `corpus_file` or the sample."
+                  index_dir: str | Path | None = None, index_factory: str | None = None, verbose: bool = True,
+                  text_view: str | None = None) -> SearchIndex:
+    """The index in `index_dir` (built there from `corpus_file` if absent), else a cached one of `corpus_file` or the
+    sample; a new one reads its passages in `text_view` (`auto`/None: `own`, until `evaluate --index_dir` chooses)."""
+    if text_view is not None and text_view not in TEXT_VIEW_CHOICES:
+        raise InputError(f"--text_view must be one of {', '.join(TEXT_VIEW_CHOICES)}, not '{text_view}'")
     if index_dir is not None:
         index_dir = Path(index_dir)
-        if (index_dir / MANIFEST).exists(): return _open_existing(index_dir, model_name_or_path, corpus_file, index_factory)
+        if (index_dir / MANIFEST).exists():
+            return _open_existing(index_dir, model_name_or_path, corpus_file, index_factory, text_view)
         if corpus_file is None:
             if index_dir.is_dir() and any(index_dir.iterdir()): SearchIndex.load(index_dir)  # says what is missing
             raise InputError(f"{index_dir}: no search index here. Build one with `archivesrag search --index_dir {index_dir} "
                              "--corpus_file CORPUS \"a query\"`, or leave out --index_dir to search the bundled sample archive")
         return _build_and_save(corpus_file, _model_or_finetuned(model_name_or_path, verbose), index_factory or "Flat",
-                               index_dir, verbose)
+                               index_dir, verbose, text_view)
     index_factory = index_factory or "Flat"
     model, fp = model_identity(_model_or_finetuned(model_name_or_path, verbose))
     corpus = Path(corpus_file) if corpus_file else sample_path()
     if not corpus.exists(): raise InputError(f"{corpus}: no such file or folder")
     st = corpus.stat()
     key = f"{INDEX_FORMAT}|{corpus.resolve()}|{st.st_size}|{st.st_mtime_ns}|{model}|{fp}|{index_factory}"
-    index_dir = _index_dir_default() / f"{corpus.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if text_view not in (None, "auto"): key += f"|{text_view}"  # another view, another cached index
+    index_dir = cache_dir("indexes") / f"{corpus.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (index_dir / MANIFEST).exists(): return SearchIndex.load(index_dir)
-    return _build_and_save(corpus, model, index_factory, index_dir, verbose)
+    return _build_and_save(corpus, model, index_factory, index_dir, verbose, text_view)
 
+# %% ../nbs/05_search.ipynb #c031_1
 def search(query: str, k: int = 3, index: SearchIndex | None = None, retrieval: str | None = None):
     "The original recipe's `search`: `(scores, retrieved_examples)` for `query` from `index` (default: the sample archive's)."
     index = index or default_index(verbose=False)
     return index.search_examples(query, k=k, retrieval=retrieval or DEFAULT_RETRIEVAL)
-
 
 # %% ../nbs/05_search.ipynb #c034
 def _snippet(text: str, width: int = 160) -> str:
@@ -586,15 +665,18 @@ def format_results(results: list[dict]) -> str:
                      f"cosine {h['dense_score']:.3f}, dense rank {dr}, bm25 rank {br})\n   {_snippet(h['text'])}")
     return "\n".join(lines)
 
+# %% ../nbs/05_search.ipynb #c034_1
 def left_out_line(policy: AccessPolicy, left_out: dict) -> str:
     "What the gate left out, said once: the caller should know a search was narrowed, not that nothing exists."
     said = ", ".join(f"{n} {why}" for why, n in left_out.items())
     return f"({said}; searched as {policy})" if said else ""
 
+# %% ../nbs/05_search.ipynb #c034_2
 def json_lines(results: list[dict]) -> str:
     "Search results as JSON Lines (one result per line; dates are already ISO strings)."
     return "\n".join(json.dumps(h, ensure_ascii=False, default=str) for h in results)
 
+# %% ../nbs/05_search.ipynb #c034_3
 def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}] = None,  # the search query (quote it, or give several words)
                k: int = 3,  # number of results
                index_dir: str = None,  # a saved index folder (built there when --corpus_file is given); default: a cached index of the corpus
@@ -611,6 +693,7 @@ def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}]
                level: Annotated[list, {"action": "append", "type": str}] = None,  # only these levels, e.g. --level file (repeatable)
                within: str = None,  # only records in this collection or series (its id, reference code or title), at any depth
                creator: str = None,  # only records whose creator contains this (any case)
+               text_view: str = "auto",  # what a new index reads: own (title + text), breadcrumb (the ancestors' titles first), or auto (own until `archivesrag evaluate --index_dir` chooses on held-out queries)
                ) -> int:
     "archivesrag search: print the top-k passages for a query that the caller may see."
     k = check_count(k, "--k")  # every flag before building or loading anything
@@ -619,7 +702,10 @@ def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}]
     check_queries(text)
     policy = AccessPolicy(clearance, as_of, show_closed_descriptions)
     filters = RecordFilter(date_from, date_to, tuple(level or ()), within, creator)
-    index = default_index(corpus_file, model_name_or_path, index_dir, index_factory)
+    if text_view not in TEXT_VIEW_CHOICES:
+        raise InputError(f"--text_view must be one of {', '.join(TEXT_VIEW_CHOICES)}, not '{text_view}'")
+    with redirect_stdout(sys.stderr if json else sys.stdout):  # --json: stdout is JSON Lines, building notes go to stderr
+        index = default_index(corpus_file, model_name_or_path, index_dir, index_factory, text_view=text_view)
     results = index.search(text, k=k, retrieval=retrieval, policy=policy, filters=filters)
     if note := left_out_line(policy, index.visible(policy, filters)[1]): print(note, file=sys.stderr if json else sys.stdout)
     if not results:  # only BM25 can find nothing (dense always ranks every passage); --json keeps stdout JSON Lines

@@ -7,7 +7,6 @@ Docs: https://archivesrag.github.io/archivesrag/training.html.md"""
 # %% ../nbs/03_training.ipynb #c005
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,57 +16,112 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from .corpus import InputError, read_jsonl, write_jsonl
+from .core import InputError, markdown_table, output_lock, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from .models import hub_name, is_offline, resolve_embedder
-from .queries import _output_lock  # gen-query's output lock: one lock for every writer
 
 # %% auto #0
-__all__ = ['FE_MODULE', 'SEED_FLAG_RENAMES', 'SEED_FLAGS', 'OUR_FLAGS', 'ABOVE_ZERO', 'AT_LEAST_ONE', 'SHIPPED_DS', 'SECRET_FLAG',
-           'ds_config_path', 'base_pooling', 'write_sentence_transformers_files', 'st_pooling_mode',
-           'prepare_train_data', 'count_steps', 'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card',
-           'update_model_card_metrics', 'TrainArgs', 'check_train_args', 'torchrun_command', 'check_passthrough',
-           'refuse_nonfinite', 'mask_secrets', 'served_length', 'train_args', 'train', 'train_parser', 'train_cli']
+__all__ = ['FE_MODULE', 'RECIPE_FLAG_RENAMES', 'RECIPE_FLAGS', 'OUR_FLAGS', 'ABOVE_ZERO', 'AT_LEAST_ONE', 'SHIPPED_DS',
+           'SECRET_FLAG', 'TrainArgs', 'recipe_defaults', 'recipe_flag_table', 'ds_config_path', 'base_pooling',
+           'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
+           'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
+           'check_train_args', 'torchrun_command', 'check_passthrough', 'refuse_nonfinite', 'mask_secrets',
+           'served_length', 'train_args', 'train', 'train_parser', 'train_cli']
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
 "The FlagEmbedding 1.4 module that replaces the original recipe's `run.py`."
 
-SEED_FLAG_RENAMES = {
+RECIPE_FLAG_RENAMES = {
     "--normlized": "--normalize_embeddings",   # 1.2's typo, renamed in 1.3
     "--use_inbatch_neg": None,                 # removed: 1.4 always uses in-batch negatives
     "--deepspeed ./df_config.json": "--deepspeed ds_config.json",  # the recipe's typo; the file ships with archivesrag
 }
 "Original recipe (FlagEmbedding 1.2) names -> FlagEmbedding 1.4 names; None means the flag no longer exists."
 
-SEED_FLAGS = [
-    # (original recipe's flag, FlagEmbedding 1.4 flag, which 1.4 dataclass, what it does)
-    ("run.py", f"-m {FE_MODULE}", "-", "the training entry point"),
-    ("--output_dir", "--output_dir", "TrainingArguments", "where the model and checkpoints go"),
-    ("--model_name_or_path", "--model_name_or_path", "ModelArguments", "base model (offline: the bundled MiniLM)"),
-    ("--train_data", "--train_data", "DataArguments", "mined JSONL file(s): query, pos, neg"),
-    ("--learning_rate", "--learning_rate", "TrainingArguments", "1e-5/2e-5/3e-5 for large/base/small models"),
-    ("--fp16", "--fp16", "TrainingArguments", "half precision on CUDA (dropped on CPU)"),
-    ("--num_train_epochs", "--num_train_epochs", "TrainingArguments", "passes over the data"),
-    ("--per_device_train_batch_size", "--per_device_train_batch_size", "TrainingArguments", "queries per step per device"),
-    ("--dataloader_drop_last", "--dataloader_drop_last", "TrainingArguments", "skip the last, short batch"),
-    ("--normlized", "--normalize_embeddings", "TrainingArguments", "L2-normalise embeddings (cosine scores)"),
-    ("--temperature", "--temperature", "TrainingArguments", "InfoNCE temperature tau"),
-    ("--query_max_len", "--query_max_len", "DataArguments", "query tokens kept"),
-    ("--passage_max_len", "--passage_max_len", "DataArguments", "passage tokens kept"),
-    ("--train_group_size", "--train_group_size", "DataArguments", "1 positive + (n-1) negatives per query"),
-    ("--negatives_cross_device", "--negatives_cross_device", "TrainingArguments", "gather negatives from all GPUs"),
-    ("--logging_steps", "--logging_steps", "TrainingArguments", "log the loss every n steps"),
-    ("--save_steps", "--save_steps", "TrainingArguments", "write checkpoint-n every n steps"),
-    ("--query_instruction_for_retrieval", "--query_instruction_for_retrieval", "DataArguments", "prefix added to each query"),
-    ("--sentence_pooling_method", "--sentence_pooling_method", "TrainingArguments", "cls / mean / last_token (we derive it)"),
-    ("--use_inbatch_neg", "(removed)", "-", "in-batch negatives are always on"),
-    ("--deepspeed ./df_config.json", "--deepspeed ds_config.json", "TrainingArguments", "ZeRO config (ships as package data)"),
+RECIPE_FLAGS = [
+    # (original recipe's flag, FlagEmbedding 1.4 flag, the 1.4 dataclass that declares it); defaults and meanings: TrainArgs
+    ("run.py", f"-m {FE_MODULE}", "-"),
+    ("--output_dir", "--output_dir", "TrainingArguments"),
+    ("--model_name_or_path", "--model_name_or_path", "ModelArguments"),
+    ("--train_data", "--train_data", "DataArguments"),
+    ("--learning_rate", "--learning_rate", "TrainingArguments"),
+    ("--fp16", "--fp16", "TrainingArguments"),
+    ("--num_train_epochs", "--num_train_epochs", "TrainingArguments"),
+    ("--per_device_train_batch_size", "--per_device_train_batch_size", "TrainingArguments"),
+    ("--dataloader_drop_last", "--dataloader_drop_last", "TrainingArguments"),
+    ("--normlized", "--normalize_embeddings", "TrainingArguments"),
+    ("--temperature", "--temperature", "TrainingArguments"),
+    ("--query_max_len", "--query_max_len", "DataArguments"),
+    ("--passage_max_len", "--passage_max_len", "DataArguments"),
+    ("--train_group_size", "--train_group_size", "DataArguments"),
+    ("--negatives_cross_device", "--negatives_cross_device", "TrainingArguments"),
+    ("--logging_steps", "--logging_steps", "TrainingArguments"),
+    ("--save_steps", "--save_steps", "TrainingArguments"),
+    ("--query_instruction_for_retrieval", "--query_instruction_for_retrieval", "DataArguments"),
+    ("--sentence_pooling_method", "--sentence_pooling_method", "TrainingArguments"),
+    ("--use_inbatch_neg", "(removed)", "-"),
+    ("--deepspeed ./df_config.json", "--deepspeed ds_config.json", "TrainingArguments"),
 ]
 "Every flag of the original recipe's training command and where it lives in FlagEmbedding 1.4."
+
+# %% ../nbs/03_training.ipynb #c012a
+def _arg(default=None, help: str = "", **kw):
+    "A dataclass field with its `--help` text (how HfArgumentParser, FlagEmbedding's parser, documents a flag)."
+    return field(default=default, metadata={"help": help, **kw})
+
+@dataclass
+class TrainArgs:
+    "The original recipe's training command line (its `run.py` flags), with the recipe's values as defaults."
+    output_dir: str = field(metadata={"help": "where the model, checkpoints and model card go"})
+    train_data: list[str] = field(metadata={"help": "mined JSONL file(s): query, pos, neg"})
+    model_name_or_path: str | None = _arg(None, "base model (default: mxbai-embed-large-v1; offline the bundled MiniLM)")
+    learning_rate: float = _arg(1e-5, "1e-5/2e-5/3e-5 for large/base/small models")
+    fp16: bool = _arg(False, "half precision (CUDA only; dropped on a CPU)")
+    num_train_epochs: float = _arg(5, "passes over the data")
+    per_device_train_batch_size: int = _arg(32, "queries per step per device")
+    dataloader_drop_last: bool = _arg(True, "skip the last, short batch")
+    normalize_embeddings: bool = _arg(True, "L2-normalise embeddings (the original recipe's --normlized)", aliases=["--normlized"])
+    temperature: float = _arg(0.02, "InfoNCE temperature tau")
+    query_max_len: int = _arg(64, "query tokens kept")
+    passage_max_len: int = _arg(256, "passage tokens kept")
+    train_group_size: int = _arg(2, "1 positive + (n-1) negatives per query")
+    negatives_cross_device: bool = _arg(False, "share negatives across GPUs (dropped with one process)")
+    logging_steps: int = _arg(10, "log the loss every n steps")
+    save_steps: int = _arg(1000, "write checkpoint-n every n steps")
+    query_instruction_for_retrieval: str = _arg("", "prefix added to each query")
+    sentence_pooling_method: str | None = _arg(None, "cls, mean or last_token (default: the base model's own pooling)",
+                                               choices=["cls", "mean", "last_token"])
+    use_inbatch_neg: bool = _arg(True, "accepted for the original recipe; FlagEmbedding 1.4 always uses in-batch negatives")
+    deepspeed: str | None = _arg(None, "DeepSpeed config; ds_config.json means the one shipped with archivesrag")
+    gradient_checkpointing: bool = _arg(False, "recompute activations: larger batches for about a third more time")
+    resume_from_checkpoint: str | None = _arg(None, "a checkpoint folder, or 'last'")
+    nproc_per_node: int = _arg(1, "GPUs: more than 1 launches torchrun")
+    dry_run: bool = _arg(False, "print the FlagEmbedding command and stop")
+
+# %% ../nbs/03_training.ipynb #c012b
+def recipe_defaults(*names: str) -> dict:
+    "The original recipe's value of each `TrainArgs` field in `names` (all fields that have one when none is named)."
+    known = {f.name: f.default for f in fields(TrainArgs) if f.default is not MISSING}
+    unknown = [n for n in names if n not in known]
+    if unknown: raise KeyError(f"TrainArgs has no default for {', '.join(unknown)}")
+    return {n: known[n] for n in names} if names else known
+
+# %% ../nbs/03_training.ipynb #c012b_1
+def recipe_flag_table() -> list[tuple]:
+    "`RECIPE_FLAGS` with each flag's recipe default and meaning, read from `TrainArgs`."
+    by_flag = {}
+    for f in fields(TrainArgs):
+        for flag in [f"--{f.name}", *f.metadata.get("aliases", [])]: by_flag[flag] = f
+    rows = []
+    for recipe_flag, fe_flag, declared_in in RECIPE_FLAGS:
+        f = by_flag.get(recipe_flag.split()[0])
+        default = "" if f is None or f.default is MISSING else f.default
+        rows.append((recipe_flag, fe_flag, declared_in, default, f.metadata["help"] if f else "the training entry point"))
+    return rows
 
 # %% ../nbs/03_training.ipynb #c015
 def _flagembedding():
@@ -95,11 +149,11 @@ def _model_json(model: str, filename: str) -> dict | list | None:
     local = Path(model).expanduser()
     if local.is_dir():
         f = local / filename
-        return json.loads(f.read_text()) if f.exists() else None
+        return read_json(f, "model file", expect=(dict, list)) if f.exists() else None
     if is_offline(): return None
     try:
         from huggingface_hub import hf_hub_download
-        return json.loads(Path(hf_hub_download(model, filename)).read_text())
+        return read_json(hf_hub_download(model, filename), "model file", expect=(dict, list))
     except Exception: return None
 
 def base_pooling(model_name_or_path: str) -> str:
@@ -126,7 +180,7 @@ def write_sentence_transformers_files(output_dir, base_model: str | None = None,
     "Make the FlagEmbedding output folder load in `SentenceTransformer` with the pooling, normalisation and prompt it was trained with."
     out = Path(output_dir)
     if pooling not in ("cls", "mean", "last_token"): raise ValueError(f"pooling must be cls, mean or last_token, not {pooling!r}")
-    config = json.loads((out / "config.json").read_text())
+    config = read_json(out / "config.json", "model config")
     dim = config.get("hidden_size") or config.get("d_model") or config.get("dim")
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
@@ -147,9 +201,10 @@ def write_sentence_transformers_files(output_dir, base_model: str | None = None,
     (out / "1_Pooling").mkdir(exist_ok=True)
     if normalize: (out / "2_Normalize").mkdir(exist_ok=True)
     elif (out / "2_Normalize").exists(): shutil.rmtree(out / "2_Normalize")
-    for path, obj in files.items(): path.write_text(json.dumps(obj, indent=2) + "\n")
+    for path, obj in files.items(): write_json(obj, path)
     return list(files)
 
+# %% ../nbs/03_training.ipynb #c021_1
 def st_pooling_mode(model) -> str:
     "The pooling a loaded `SentenceTransformer` uses ('mean', 'cls', ...), across sentence-transformers versions."
     pool = next(m for m in model if type(m).__name__ == "Pooling")
@@ -158,6 +213,20 @@ def st_pooling_mode(model) -> str:
     return mode if isinstance(mode, str) else "+".join(mode)
 
 # %% ../nbs/03_training.ipynb #c023
+def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _teacher_scores(r: dict, where: str) -> dict:
+    """`{pos: [...], neg: [...]}` from a record's `pos_scores` and `neg_scores` (a teacher's, for
+    `--knowledge_distillation`), checked; `{}` unless it has both (mine-hn's own `neg_scores` are a diagnostic)."""
+    if "pos_scores" not in r or "neg_scores" not in r: return {}
+    out = {}
+    for key in ("pos", "neg"):
+        s = r.get(f"{key}_scores")
+        if not isinstance(s, list) or len(s) != len(r[key]) or not all(_finite(x) for x in s):
+            raise InputError(f"{where}: '{key}_scores' must be a list of {len(r[key])} finite numbers, one per '{key}' text")
+        out[key] = s
+    return out
+
 def prepare_train_data(train_data, output_file, train_group_size: int = 2) -> dict:
     "Check mined JSONL file(s) and write the usable records to `output_file`; returns a report of counts."
     paths = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
@@ -176,12 +245,14 @@ def prepare_train_data(train_data, output_file, train_group_size: int = 2) -> di
             for key in ("pos", "neg"):
                 if not isinstance(r[key], list) or not all(isinstance(t, str) for t in r[key]):
                     raise InputError(f"{where}: '{key}' must be a list of strings")
-            pos, neg = [t for t in r["pos"] if t.strip()], [t for t in r["neg"] if t.strip()]
+            scores = _teacher_scores(r, where)  # knowledge distillation's scores travel with their texts
+            pos, neg = ([(t, s) for t, s in zip(r[k], scores.get(k, [None] * len(r[k]))) if t.strip()] for k in ("pos", "neg"))
             if not r["query"].strip(): skip("skipped_empty_query"); continue
             if not pos: skip("skipped_no_positive"); continue
             if not neg and train_group_size > 1: skip("skipped_no_negatives"); continue
             if len(neg) < train_group_size - 1: skip("fewer_negatives_than_group_size (sampled with repeats)")
-            rec = {"query": r["query"], "pos": pos, "neg": neg}
+            rec = {"query": r["query"], "pos": [t for t, _ in pos], "neg": [t for t, _ in neg]}
+            if scores: rec.update(pos_scores=[s for _, s in pos], neg_scores=[s for _, s in neg])
             if isinstance(r.get("prompt"), str): rec["prompt"] = r["prompt"]
             clean.append(rec)
             report["examples"] += 1
@@ -205,9 +276,10 @@ def load_log_history(source) -> list[dict]:
     candidates = [out / "trainer_state.json"] + sorted(out.glob("checkpoint-*/trainer_state.json"),
                                                         key=lambda p: int(p.parent.name.split("-")[-1]), reverse=True)
     for f in candidates:
-        if f.exists(): return json.loads(f.read_text()).get("log_history", [])
+        if f.exists(): return read_json(f, "trainer state").get("log_history", [])
     return []
 
+# %% ../nbs/03_training.ipynb #c029_1
 def loss_summary(log_history: list[dict]) -> dict:
     "Steps, first/last/min logged loss and throughput from a Trainer log history."
     losses = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
@@ -218,6 +290,7 @@ def loss_summary(log_history: list[dict]) -> dict:
         if k in final: s[k] = final[k]
     return s
 
+# %% ../nbs/03_training.ipynb #c029_2
 def plot_loss(source, ax=None, title: str = "Training loss (InfoNCE)", window: int | None = None):
     "Plot the logged loss against the step: raw points faintly, and their centred rolling mean over `window` points."
     import matplotlib.pyplot as plt, pandas as pd
@@ -252,12 +325,20 @@ def _metrics_markdown(metrics: dict | None) -> str:
               if isinstance(v, dict) and v and all(scalar(x) for x in v.values())}
     lines = ["## Evaluation", ""]
     if nested:
-        cols = list(dict.fromkeys(m for v in nested.values() for m in v))
-        lines += ["| system | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        lines += [f"| {s} | " + " | ".join(_fmt(v.get(c, "")) if c in v else "" for c in cols) + " |" for s, v in nested.items()]
-        lines.append("")
-    if flat: lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in flat.items()] + [""]
+        lines += [markdown_table({s: {m: _fmt(x) for m, x in v.items()} for s, v in nested.items()}), ""]
+    if flat: lines += [markdown_table([{"metric": k, "value": _fmt(v)} for k, v in flat.items()]), ""]
     return "\n".join(lines)
+
+def _loss_lines(hist: list[dict], s: dict) -> list[str]:
+    "The model card's loss section: steps, first/last/min loss, throughput and a table of about 20 logged losses."
+    if not s.get("logged"): return ["_No loss was logged (lower `--logging_steps`)._"]
+    out = [f"- steps: {s['steps']}, logged losses: {s['logged']}",
+           f"- loss: first {s['first_loss']:.4f}, last {s['last_loss']:.4f}, min {s['min_loss']:.4f}"]
+    if "train_samples_per_second" in s:
+        out.append(f"- runtime: {s['train_runtime']:.1f} s, {s['train_samples_per_second']:.2f} samples/s")
+    losses = [(h["step"], h["loss"]) for h in hist if "loss" in h]
+    every = max(1, len(losses) // 20)
+    return out + ["", markdown_table([{"step": st, "loss": f"{lo:.4f}"} for st, lo in losses[::every]])]
 
 def write_model_card(output_dir, base_model: str, train_data=None, data_report: dict | None = None,
                      args: dict | None = None, pooling: str = "cls", normalize: bool = True,
@@ -273,7 +354,7 @@ def write_model_card(output_dir, base_model: str, train_data=None, data_report: 
              "tags: [sentence-transformers, feature-extraction, archives, records-management, flagembedding]"]
     if on_hub: front.append(f"base_model: {base_model}")
     front.append("---")
-    L = front + ["", f"# {out.resolve().name}: a retrieval embedder for archives", "",
+    lines = front + ["", f"# {out.resolve().name}: a retrieval embedder for archives", "",
                  f"Fine-tuned from `{base_model}` with FlagEmbedding's encoder-only recipe (InfoNCE with in-batch "
                  "negatives and mined hard negatives), built with [ArchivesRAG](https://github.com/archivesrag/archivesrag).",
                  "", "## Usage", "", "```python", "from sentence_transformers import SentenceTransformer",
@@ -285,24 +366,16 @@ def write_model_card(output_dir, base_model: str, train_data=None, data_report: 
                  f"| pooling | {pooling} |", f"| normalized | {normalize} |", f"| max sequence length | {max_seq_length} |",
                  f"| query prompt | `{query_prompt!r}` |", "",
                  "## Training data", "", f"- files: {', '.join(f'`{d}`' for d in data) or '?'}"]
-    L += [f"- {k.replace('_', ' ')}: {v}" for k, v in (data_report or {}).items()]
-    L += ["", "## Training arguments", "", "| argument | value |", "|---|---|"]
-    L += [f"| {k} | {_fmt(hub_name(v) if k == 'model_name_or_path' else v)} |" for k, v in (args or {}).items()]
-    L += ["", "## Training loss", ""]
-    if s.get("logged"):
-        L += [f"- steps: {s['steps']}, logged losses: {s['logged']}",
-              f"- loss: first {s['first_loss']:.4f}, last {s['last_loss']:.4f}, min {s['min_loss']:.4f}"]
-        if "train_samples_per_second" in s:
-            L.append(f"- runtime: {s['train_runtime']:.1f} s, {s['train_samples_per_second']:.2f} samples/s")
-        losses = [(h["step"], h["loss"]) for h in hist if "loss" in h]
-        every = max(1, len(losses) // 20)
-        L += ["", "| step | loss |", "|---|---|"] + [f"| {st} | {lo:.4f} |" for st, lo in losses[::every]]
-    else: L.append("_No loss was logged (lower `--logging_steps`)._")
-    L += ["", _METRICS_START, _metrics_markdown(metrics), _METRICS_END, ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in (data_report or {}).items()]
+    lines += ["", "## Training arguments", "", markdown_table([{"argument": k, "value": _fmt(hub_name(v) if k == "model_name_or_path" else v)}
+                                                               for k, v in (args or {}).items()])]
+    lines += ["", "## Training loss", "", *_loss_lines(hist, s)]
+    lines += ["", _METRICS_START, _metrics_markdown(metrics), _METRICS_END, ""]
     path = out / "README.md"
-    path.write_text("\n".join(L))
+    write_atomic(path, "\n".join(lines))
     return path
 
+# %% ../nbs/03_training.ipynb #c030_1
 def update_model_card_metrics(output_dir, metrics: dict) -> Path:
     "Replace the Evaluation section of the model card with `metrics` ({metric: value} or {system: {metric: value}})."
     path = Path(output_dir) / "README.md"
@@ -312,43 +385,10 @@ def update_model_card_metrics(output_dir, metrics: dict) -> Path:
         head, rest = text.split(_METRICS_START, 1)
         text = head + section + rest.split(_METRICS_END, 1)[1]
     else: text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_atomic(path, text)
     return path
 
 # %% ../nbs/03_training.ipynb #c031a
-def _arg(default=None, help: str = "", **kw):
-    "A dataclass field with its `--help` text (how HfArgumentParser, FlagEmbedding's parser, documents a flag)."
-    return field(default=default, metadata={"help": help, **kw})
-
-@dataclass
-class TrainArgs:
-    "The original recipe's training command line (its `run.py` flags), with the recipe's values as defaults."
-    output_dir: str = field(metadata={"help": "where the model, checkpoints and model card go"})
-    train_data: list[str] = field(metadata={"help": "mined JSONL file(s): query, pos, neg"})
-    model_name_or_path: str | None = _arg(None, "base model (default: mxbai-embed-large-v1; offline the bundled MiniLM)")
-    learning_rate: float = _arg(1e-5, "1e-5/2e-5/3e-5 for large/base/small models")
-    fp16: bool = _arg(False, "half precision (CUDA only; dropped on a CPU)")
-    num_train_epochs: float = _arg(5, "passes over the data")
-    per_device_train_batch_size: int = _arg(32, "queries per step per device")
-    dataloader_drop_last: bool = _arg(True, "skip the last, short batch")
-    normalize_embeddings: bool = _arg(True, "L2-normalise embeddings (the original recipe's --normlized)", aliases=["--normlized"])
-    temperature: float = _arg(0.02, "InfoNCE temperature tau")
-    query_max_len: int = _arg(64, "query tokens kept")
-    passage_max_len: int = _arg(256, "passage tokens kept")
-    train_group_size: int = _arg(2, "1 positive + (n-1) negatives per query")
-    negatives_cross_device: bool = _arg(False, "share negatives across GPUs (dropped with one process)")
-    logging_steps: int = _arg(10, "log the loss every n steps")
-    save_steps: int = _arg(1000, "write checkpoint-n every n steps")
-    query_instruction_for_retrieval: str = _arg("", "prefix added to each query")
-    sentence_pooling_method: str | None = _arg(None, "cls, mean or last_token (default: the base model's own pooling)",
-                                               choices=["cls", "mean", "last_token"])
-    use_inbatch_neg: bool = _arg(True, "accepted for the original recipe; FlagEmbedding 1.4 always uses in-batch negatives")
-    deepspeed: str | None = _arg(None, "DeepSpeed config; ds_config.json means the one shipped with archivesrag")
-    gradient_checkpointing: bool = _arg(False, "recompute activations: larger batches for about a third more time")
-    resume_from_checkpoint: str | None = _arg(None, "a checkpoint folder, or 'last'")
-    nproc_per_node: int = _arg(1, "GPUs: more than 1 launches torchrun")
-    dry_run: bool = _arg(False, "print the FlagEmbedding command and stop")
-
 OUR_FLAGS = {"nproc_per_node", "dry_run", "use_inbatch_neg"}
 "TrainArgs fields that are ours, not FlagEmbedding's: they never reach its command line."
 
@@ -362,24 +402,22 @@ AT_LEAST_ONE = ("per_device_train_batch_size", "train_group_size", "query_max_le
 SHIPPED_DS = {"ds_config.json", "df_config.json"}
 "`--deepspeed` names that mean the config shipped with archivesrag (the original recipe's spelling and its typo)."
 
-def _finite(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-def check_train_args(a: TrainArgs) -> TrainArgs:
-    "`a`, or an InputError naming the first flag whose value would crash FlagEmbedding mid-run or save a broken model."
+def check_train_args(args: TrainArgs) -> TrainArgs:
+    "`args`, or an InputError naming the first flag whose value would crash FlagEmbedding mid-run or save a broken model."
     for name in ABOVE_ZERO:
-        v = getattr(a, name)
+        v = getattr(args, name)
         if not _finite(v) or v <= 0: raise InputError(f"--{name} must be a number above 0, got {v}")
     for name in AT_LEAST_ONE:
-        v = getattr(a, name)
+        v = getattr(args, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InputError(f"--{name} must be a whole number of at least 1, got {v}")
-    if a.deepspeed and not Path(a.deepspeed).is_file() and Path(a.deepspeed).name not in SHIPPED_DS:
-        raise InputError(f"--deepspeed {a.deepspeed}: no such file")
+    if args.deepspeed and not Path(args.deepspeed).is_file() and Path(args.deepspeed).name not in SHIPPED_DS:
+        raise InputError(f"--deepspeed {args.deepspeed}: no such file")
     from importlib.util import find_spec
-    if a.deepspeed and not a.dry_run and find_spec("deepspeed") is None:  # a dry run only prints the command
-        raise InputError(f"--deepspeed {a.deepspeed}: the deepspeed package is not installed (pip install deepspeed, "
+    if args.deepspeed and not args.dry_run and find_spec("deepspeed") is None:  # a dry run only prints the command
+        raise InputError(f"--deepspeed {args.deepspeed}: the deepspeed package is not installed (pip install deepspeed, "
                          "CUDA only); leave out --deepspeed to train without it")
-    return a
+    return args
 
 # %% ../nbs/03_training.ipynb #c032
 def _argv_from(options: dict) -> list[str]:
@@ -396,6 +434,7 @@ def torchrun_command(fe_argv: list[str], nproc_per_node: int) -> list[str]:
     "The multi-GPU launch: `torchrun --nproc_per_node N -m FlagEmbedding.finetune.embedder.encoder_only.base ...`."
     return ["torchrun", "--nproc_per_node", str(nproc_per_node), "-m", FE_MODULE, *fe_argv]
 
+# %% ../nbs/03_training.ipynb #c032_1
 def _resolve_resume(resume, output_dir: Path) -> str | None:
     if resume in (None, "", False): return None
     if resume is True or str(resume).lower() in {"last", "latest", "true"}:
@@ -434,6 +473,7 @@ def check_passthrough(training_args) -> None:
         raise InputError(f"--gradient_accumulation_steps must be at least 1, got {training_args.gradient_accumulation_steps}")
     if not 0 <= training_args.seed < 2**32: raise InputError(f"--seed must be between 0 and 2**32 - 1 (numpy's range), got {training_args.seed}")
 
+# %% ../nbs/03_training.ipynb #c032_2
 def refuse_nonfinite(model, output_dir, old_checkpoints=()) -> None:
     "An InputError when training left NaN or infinite weights (a diverged run can log a loss that looks fine)."
     import torch
@@ -477,40 +517,40 @@ def _run_in_process(fe_argv: list[str]) -> dict:
     return result.metrics
 
 # %% ../nbs/03_training.ipynb #c033
-def _fit_to_machine(a: TrainArgs) -> int:
+def _fit_to_machine(args: TrainArgs) -> int:
     "Processes to run; drops what this machine cannot do (fp16 without CUDA, cross-device negatives alone), saying so."
     import torch
-    world = max(1, int(a.nproc_per_node or 1), int(os.environ.get("WORLD_SIZE", "1")))
-    if world > 1 and torch.cuda.device_count() < world and not a.dry_run:
+    world = max(1, int(args.nproc_per_node or 1), int(os.environ.get("WORLD_SIZE", "1")))
+    if world > 1 and torch.cuda.device_count() < world and not args.dry_run:
         raise InputError(f"--nproc_per_node {world}: needs {world} CUDA GPUs, this machine has {torch.cuda.device_count()}")
-    if a.fp16 and world == 1 and not torch.cuda.is_available():
-        print("--fp16 dropped: half precision needs a CUDA GPU; training runs in float32 on the CPU"); a.fp16 = False
-    if a.negatives_cross_device and world < 2:
+    if args.fp16 and world == 1 and not torch.cuda.is_available():
+        print("--fp16 dropped: half precision needs a CUDA GPU; training runs in float32 on the CPU"); args.fp16 = False
+    if args.negatives_cross_device and world < 2:
         print("--negatives_cross_device dropped: there is one process, so no other device to share negatives with; "
               "each query still sees every passage in its own batch (in-batch negatives). With --nproc_per_node N it "
-              "gathers the passages of all N GPUs."); a.negatives_cross_device = False
-    if not a.use_inbatch_neg: print("--use_inbatch_neg False ignored: FlagEmbedding 1.4 always uses in-batch negatives")
+              "gathers the passages of all N GPUs."); args.negatives_cross_device = False
+    if not args.use_inbatch_neg: print("--use_inbatch_neg False ignored: FlagEmbedding 1.4 always uses in-batch negatives")
     return world
 
-def _prepare_output(a: TrainArgs) -> str | None:
+def _prepare_output(args: TrainArgs) -> str | None:
     "The checkpoint to resume from, if any; refuses to train into a non-empty folder otherwise."
-    out = Path(a.output_dir)
+    out = Path(args.output_dir)
     if out.exists() and not out.is_dir(): raise InputError(f"{out}: is a file, not a folder; give --output_dir a folder")
-    resume = _resolve_resume(a.resume_from_checkpoint, out)
-    if resume is None and out.is_dir() and any(out.iterdir()) and not a.dry_run:
+    resume = _resolve_resume(args.resume_from_checkpoint, out)
+    if resume is None and out.is_dir() and any(out.iterdir()) and not args.dry_run:
         raise InputError(f"{out}: the output folder exists and is not empty; choose a new --output_dir, or pass "
                          "--resume_from_checkpoint last to continue its last checkpoint")
-    if a.deepspeed and not Path(a.deepspeed).exists() and Path(a.deepspeed).name in SHIPPED_DS:
-        print(f"--deepspeed {a.deepspeed}: using the shipped {ds_config_path()}"); a.deepspeed = str(ds_config_path())
+    if args.deepspeed and not Path(args.deepspeed).exists() and Path(args.deepspeed).name in SHIPPED_DS:
+        print(f"--deepspeed {args.deepspeed}: using the shipped {ds_config_path()}"); args.deepspeed = str(ds_config_path())
     return resume
 
-def _fe_argv(a: TrainArgs, base: str, pooling: str, data: Path, resume, extra_options: dict, extra_args: list) -> list[str]:
+def _fe_argv(args: TrainArgs, base: str, pooling: str, data: Path, resume, extra_options: dict, extra_args: list) -> list[str]:
     "FlagEmbedding 1.4's command line for this run; `extra_args` (later on the command line) win over the rest."
-    options = {k: v for k, v in asdict(a).items() if k not in OUR_FLAGS}
+    options = {k: v for k, v in asdict(args).items() if k not in OUR_FLAGS}
     options.update(model_name_or_path=base, train_data=[str(data)], sentence_pooling_method=pooling,
                    resume_from_checkpoint=resume, report_to="none")
     options.update(extra_options)
-    if not a.gradient_checkpointing: options.pop("gradient_checkpointing")
+    if not args.gradient_checkpointing: options.pop("gradient_checkpointing")
     overridden = {t[2:].split("=")[0] for t in extra_args if t.startswith("--")}
     return _argv_from({k: v for k, v in options.items() if k not in overridden}) + list(extra_args)
 
@@ -528,6 +568,7 @@ def mask_secrets(argv: list[str]) -> list[str]:
         hide = secret and not eq
     return out
 
+# %% ../nbs/03_training.ipynb #c033b_1
 def _launch(fe_argv: list[str], shown: list[str], world: int, steps, dry_run: bool) -> dict | None:
     "Run FlagEmbedding: torchrun for several GPUs, in this process for one. The Trainer's metrics; None on a dry run."
     if world > 1 and int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -542,20 +583,20 @@ def served_length(base: str, passage_max_len: int, output_dir=None) -> int:
     "Tokens the trained model reads when it serves: the base model's own maximum, never less than training read."
     base_len = (_model_json(base, "sentence_bert_config.json") or {}).get("max_seq_length")
     if base_len is None and output_dir is not None:  # a bare transformer: its tokenizer's limit, as sentence-transformers
-        cfg = lambda name: json.loads(p.read_text()) if (p := Path(output_dir) / name).exists() else {}
+        cfg = lambda name: read_json(p, "model file", expect=(dict, list)) if (p := Path(output_dir) / name).exists() else {}
         limits = [cfg("tokenizer_config.json").get("model_max_length"), cfg("config.json").get("max_position_embeddings")]
         base_len = min((x for x in limits if x), default=None)
     return max(passage_max_len, base_len or 0)
 
-def _finish(a: TrainArgs, base: str, pooling: str, report: dict, card_args: dict, metrics: dict) -> None:
+def _finish(args: TrainArgs, base: str, pooling: str, report: dict, card_args: dict, metrics: dict) -> None:
     "Make the output a sentence-transformers folder with a model card, and print what training did."
-    out = Path(a.output_dir)
+    out = Path(args.output_dir)
     # training may cut passages short to save time; serving reads as much as the base model did
-    length = served_length(base, a.passage_max_len, out)
-    write_sentence_transformers_files(out, base, pooling, a.normalize_embeddings, length,
-                                      a.query_instruction_for_retrieval)
-    write_model_card(out, base, a.train_data, report, card_args, pooling, a.normalize_embeddings, length,
-                     a.query_instruction_for_retrieval)
+    length = served_length(base, args.passage_max_len, out)
+    write_sentence_transformers_files(out, base, pooling, args.normalize_embeddings, length,
+                                      args.query_instruction_for_retrieval)
+    write_model_card(out, base, args.train_data, report, card_args, pooling, args.normalize_embeddings, length,
+                     args.query_instruction_for_retrieval)
     s = loss_summary(load_log_history(out))
     if s.get("logged"):
         print(f"trained {s['steps']} steps: loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}"
@@ -567,62 +608,58 @@ def train_args(train_data, output_dir, model_name_or_path: str | None = None, **
     "`(TrainArgs, the other TrainingArguments options)` from `train`'s arguments, refused by `check_train_args` if bad."
     known = {f.name for f in fields(TrainArgs)}
     paths = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
-    a = TrainArgs(str(output_dir), [str(p) for p in paths], None if model_name_or_path is None else str(model_name_or_path),
-                  **{k: v for k, v in options.items() if k in known})
-    return check_train_args(a), {k: v for k, v in options.items() if k not in known}  # max_steps, seed, ...
+    args = TrainArgs(str(output_dir), [str(p) for p in paths], None if model_name_or_path is None else str(model_name_or_path),
+                     **{k: v for k, v in options.items() if k in known})
+    return check_train_args(args), {k: v for k, v in options.items() if k not in known}  # max_steps, seed, ...
 
+# %% ../nbs/03_training.ipynb #c033c_1
 @contextmanager
-def _output_dir_lock(a: TrainArgs):
+def _output_dir_lock(args: TrainArgs):
     "Hold `<output_dir>.lock` for the whole run: a second training into the same folder is refused, not mixed in."
-    if a.dry_run or int(os.environ.get("RANK", "0")) != 0: yield; return  # a dry run writes nothing; rank 0 holds it
-    out = Path(a.output_dir)
+    if args.dry_run or int(os.environ.get("RANK", "0")) != 0: yield; return  # a dry run writes nothing; rank 0 holds it
+    out = Path(args.output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as held:
-        try: held.enter_context(_output_lock(out))
-        except InputError:  # gen-query's lock names --output_file; here the folder is --output_dir
-            raise InputError(f"{out}: another training is writing this folder; wait for it to finish, or "
-                             "choose another --output_dir") from None
-        yield
+    with output_lock(out, "another training is writing this folder", "--output_dir"): yield
 
-def _run(a: TrainArgs, base: str, pooling: str, resume, world: int, extra_options: dict, extra_args: list) -> tuple:
+def _run(args: TrainArgs, base: str, pooling: str, resume, world: int, extra_options: dict, extra_args: list) -> tuple:
     "Check the data, build FlagEmbedding's command and run it: `(the Trainer's metrics, None on a dry run; data report)`."
     work = Path(tempfile.mkdtemp(prefix="archivesrag-train-"))
     try:
         clean = work / "train.jsonl"
-        report = prepare_train_data(a.train_data, clean, a.train_group_size)
+        report = prepare_train_data(args.train_data, clean, args.train_group_size)
         print("training data: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.items()))
-        steps = count_steps(report["examples"], a.per_device_train_batch_size, a.num_train_epochs, world,
-                            a.dataloader_drop_last, int(extra_options.get("gradient_accumulation_steps", 1)))
+        steps = count_steps(report["examples"], args.per_device_train_batch_size, args.num_train_epochs, world,
+                            args.dataloader_drop_last, int(extra_options.get("gradient_accumulation_steps", 1)))
         steps = extra_options.get("max_steps") or steps
         if steps == 0 and "--max_steps" not in extra_args:
-            msg = (f"{', '.join(a.train_data)}: {report['examples']} examples is less than one batch of "
-                   f"{a.per_device_train_batch_size} x {world} device(s); lower --per_device_train_batch_size")
-            if not a.dry_run: raise InputError(msg)
+            msg = (f"{', '.join(args.train_data)}: {report['examples']} examples is less than one batch of "
+                   f"{args.per_device_train_batch_size} x {world} device(s); lower --per_device_train_batch_size")
+            if not args.dry_run: raise InputError(msg)
             print(f"warning: {msg}")
-        fe_argv = _fe_argv(a, base, pooling, clean, resume, extra_options, extra_args)
-        shown = mask_secrets([" ".join(a.train_data) if t == str(clean) else t for t in fe_argv])
-        return _launch(fe_argv, shown, world, steps, a.dry_run), report
+        fe_argv = _fe_argv(args, base, pooling, clean, resume, extra_options, extra_args)
+        shown = mask_secrets([" ".join(args.train_data) if t == str(clean) else t for t in fe_argv])
+        return _launch(fe_argv, shown, world, steps, args.dry_run), report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 def train(train_data, output_dir, model_name_or_path: str | None = None, extra_args: list[str] | None = None,
           **options) -> Path:
     "Fine-tune an embedder with FlagEmbedding (the original recipe's command); save a sentence-transformers folder with a model card."
-    a, extra_options = train_args(train_data, output_dir, model_name_or_path, **options)
+    args, extra_options = train_args(train_data, output_dir, model_name_or_path, **options)
     extra_args = list(extra_args or [])
-    base = resolve_embedder(a.model_name_or_path)
-    pooling = a.sentence_pooling_method or base_pooling(base)
-    world = _fit_to_machine(a)
-    with _output_dir_lock(a):
-        resume = _prepare_output(a)
-        metrics, report = _run(a, base, pooling, resume, world, extra_options, extra_args)
-        if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(a.output_dir)
-        card_args = {k: v for k, v in asdict(a).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
+    base = resolve_embedder(args.model_name_or_path)
+    pooling = args.sentence_pooling_method or base_pooling(base)
+    world = _fit_to_machine(args)
+    with _output_dir_lock(args):
+        resume = _prepare_output(args)
+        metrics, report = _run(args, base, pooling, resume, world, extra_options, extra_args)
+        if metrics is None or int(os.environ.get("RANK", "0")) != 0: return Path(args.output_dir)
+        card_args = {k: v for k, v in asdict(args).items() if k not in {"train_data", "output_dir", "dry_run", "use_inbatch_neg"}}
         card_args.update(model_name_or_path=base, sentence_pooling_method=pooling, resume_from_checkpoint=resume)
         card_args.update({k: "***" if SECRET_FLAG.search(k) else v for k, v in extra_options.items()},
                          extra_args=" ".join(mask_secrets(extra_args)) or None)
-        _finish(a, base, pooling, report, card_args, metrics)
-    return Path(a.output_dir)
+        _finish(args, base, pooling, report, card_args, metrics)
+    return Path(args.output_dir)
 
 # %% ../nbs/03_training.ipynb #c049
 def train_parser():
@@ -634,12 +671,13 @@ def train_parser():
                             epilog="Any other transformers.TrainingArguments flag (--max_steps, --warmup_ratio, "
                                    "--seed, ...) passes through to FlagEmbedding.")
 
+# %% ../nbs/03_training.ipynb #c049_1
 def train_cli(argv=None) -> int:
     "archivesrag train: the original recipe's `run.py` command line, run with FlagEmbedding 1.4."
     argv = list(sys.argv[1:] if argv is None else argv)
     for flag in (t.split("=")[0] for t in argv):
-        if SEED_FLAG_RENAMES.get(flag): print(f"renamed for FlagEmbedding 1.4: {flag} -> {SEED_FLAG_RENAMES[flag]}")
-        elif flag in SEED_FLAG_RENAMES: print(f"{flag}: removed in FlagEmbedding 1.4, which always uses in-batch negatives")
+        if RECIPE_FLAG_RENAMES.get(flag): print(f"renamed for FlagEmbedding 1.4: {flag} -> {RECIPE_FLAG_RENAMES[flag]}")
+        elif flag in RECIPE_FLAG_RENAMES: print(f"{flag}: removed in FlagEmbedding 1.4, which always uses in-batch negatives")
     args, extra = train_parser().parse_args_into_dataclasses(args=argv, return_remaining_strings=True,
                                                              look_for_args_file=False)
     train(**asdict(args), extra_args=extra)

@@ -9,7 +9,7 @@ the base and the fine-tuned model, and their fusions, are scored as `search` ser
 split once into a validation half and a test half (`bench/cisi_query_split.json`): every choice is made on
 validation, the test half is only reported.
 
-The stages go through the demo's runner (`archivesrag.pipeline.run_steps`), each in a fresh process so its peak
+The stages go through the demo's runner (`archivesrag.runner.run_steps`), each in a fresh process so its peak
 memory is its own; `<out>/state.json` records each stage's seconds, peak memory, figures and flags, and
 `<out>/bench.json` (committed) the summary: recipe, both halves, differences with intervals, fusion weights, costs.
 A rerun skips finished stages, and query generation resumes where it stopped (delete --out to start over);
@@ -30,18 +30,20 @@ import argparse
 import json
 import os
 import shutil
-import site
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from common import go_offline, scrub_paths
+
+go_offline()  # the bundled models; each stage's fresh process inherits the environment
+
+from archivesrag.core import markdown_table  # noqa: E402
 
 
 def stage_corpus(out: Path, a):
     from archivesrag.corpus import save_corpus
-    from archivesrag.evaluation import load_glasgow
+    from archivesrag.glasgow import load_glasgow
     corpus, queries, qrels = load_glasgow(a.cisi)
     corpus = corpus.map(lambda r: {"doc_id": r["id"]})
     save_corpus(corpus, out / "corpus.jsonl")
@@ -61,13 +63,13 @@ def stage_queries(out: Path, a):
     dt = time.perf_counter() - t0
     new = sum(1 for _ in open(out / "queries.jsonl")) - before
     return {"summary": summary, "new_queries": new, "seconds_generating": round(dt, 1),
-            "passages_per_s": round(summary.get("attempted", new) / dt, 3) if new else None}
+            "passages_per_s": round(summary["attempted"] / dt, 3) if new else None}
 
 
 def stage_split(out: Path, a):
     "Hold out a seeded tenth of the documents, by document: their synthetic queries choose the served fusion weight."
-    from archivesrag.corpus import read_jsonl, write_jsonl
-    from archivesrag.negatives import save_split, select_queries, split_by_document
+    from archivesrag.core import read_jsonl, write_jsonl
+    from archivesrag.splits import save_split, select_queries, split_by_document
     split = split_by_document(read_jsonl(out / "corpus.jsonl"), test_size=a.held_out, seed=a.seed)
     save_split(split, out / "split.json")
     train_q = select_queries(read_jsonl(out / "queries.jsonl"), split["train_ids"])
@@ -80,7 +82,7 @@ def stage_split(out: Path, a):
 
 def document_queries(cisi: str, ids, seed: int) -> list[dict]:
     "Free pairs from the documents (`cisi_levers.make_pairs`): each title, and one sentence of each abstract (cloze)."
-    from archivesrag.evaluation import load_glasgow
+    from archivesrag.glasgow import load_glasgow
     from cisi_levers import make_pairs
     corpus = load_glasgow(cisi)[0]
     keep, doc_ids = set(ids), list(corpus["id"])
@@ -117,7 +119,10 @@ PAIRS = [("fine-tuned", "base"), ("fine-tuned", "BM25"), ("fine-tuned+BM25", "ba
 def stage_evaluate(out: Path, a):
     """Every system on CISI's two halves, as `search` serves it. The fusion weight is chosen twice: on the validation
     half's human judgements, and — as a user's archive must, having none — on the held-out documents' synthetic queries."""
-    from archivesrag.evaluation import evaluate_runs, load_glasgow, paired_bootstrap, query_split, system_runs, wins_losses
+    from archivesrag.evaluation import system_runs
+    from archivesrag.glasgow import load_glasgow
+    from archivesrag.metrics import evaluate_runs, paired_bootstrap, wins_losses
+    from archivesrag.splits import query_split
     from archivesrag.models import resolve_embedder
     from cisi_levers import synthetic_held_out
     corpus, queries, qrels = load_glasgow(a.cisi)
@@ -156,9 +161,9 @@ def paired_p(per_query: dict, system: str, baseline: str) -> dict:
 def stage_encoding(out: Path, a):
     "Docs/s: the pipeline's cached encoder (cold cache) vs a bare SentenceTransformer.encode of the same texts."
     import tempfile
-    from archivesrag.corpus import read_jsonl
+    from archivesrag.core import read_jsonl
     from archivesrag.models import load_embedder, resolve_embedder
-    from archivesrag.negatives import encode_cached
+    from archivesrag.retrieval import encode_cached
     texts = [r["text"] for r in read_jsonl(out / "corpus.jsonl")]
     model = load_embedder("minilm")
     model.encode(texts[:64])  # warm-up
@@ -175,8 +180,8 @@ def stage_encoding(out: Path, a):
 
 def stage_search(out: Path, a):
     "Search latency on CISI's queries with the fine-tuned model: ms/query without and with query encoding."
-    from archivesrag.evaluation import load_glasgow
-    from archivesrag.pipeline import RunState
+    from archivesrag.glasgow import load_glasgow
+    from archivesrag.runner import RunState
     from archivesrag.search import SearchIndex
     _, queries, qrels = load_glasgow(a.cisi)
     qs = [queries[q] for q in qrels]
@@ -238,23 +243,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def _upgrade_results(out: Path):
-    "bench.json of an earlier version was the runner's state file; the state now lives in state.json."
-    old, new = out / "bench.json", out / "state.json"
-    data = json.loads(old.read_text()) if old.exists() and not new.exists() else {}
-    if data and "recipe" not in data:  # a summary (the committed bench.json) is not a state file
-        new.write_text(json.dumps(data if "steps" in data else {"steps": data}, indent=1))
-
-
 def main(argv=None):
     a = parse_args(argv)
     if not (Path(a.cisi) / "CISI.ALL").exists(): sys.exit(f"CISI not found in {a.cisi}: pass --cisi DIR")
     from archivesrag.models import get_device
     if get_device() != "cuda":  # CPU: tokenizers' threads only compete with torch's; on a GPU they feed it
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from archivesrag.pipeline import RunState, run_steps
+    from archivesrag.runner import RunState, run_steps
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    _upgrade_results(out)
     state = RunState(out)
     wanted = a.stages.split(",") if a.stages else list(STAGES)
     redo = set(wanted) if a.stages else set()
@@ -274,16 +270,13 @@ def write_bench_json(path: Path, steps: dict, a):
     summary = {"recipe": {k: v for k, v in vars(a).items() if k not in ("cisi", "out", "stages")},
                "split": r["split"], "validation": r["validation"], "test": r["test"],
                "fusion_weight": r["fusion_weight"], "test_at_synthetic_weight": r["test_at_synthetic_weight"],
-               "validation_at_synthetic_weight": r.get("validation_at_synthetic_weight"),
+               "validation_at_synthetic_weight": r["validation_at_synthetic_weight"],
                "held_out_synthetic_queries": r["held_out_synthetic_queries"],
                "stages": {n: {"seconds": s["seconds"], "peak_rss_mb": s["peak_rss_mb"]} for n, s in steps.items()}}
     for n in ("queries", "split", "mine", "train", "encoding", "search"):
         if n in steps: summary["stages"][n]["result"] = steps[n]["result"]
     text = json.dumps(summary, indent=1, ensure_ascii=False, default=str)
-    for where, shown in sorted(((p, "<site-packages>") for p in site.getsitepackages()), key=lambda x: -len(x[0])) + [
-            (str(Path(__file__).resolve().parents[1]) + "/", "")]:
-        text = text.replace(where, shown)  # no machine paths in a committed file
-    path.write_text(text + "\n")
+    path.write_text(scrub_paths(text) + "\n")  # no machine paths in a committed file
     print(f"\nwrote {path}")
 
 
@@ -293,48 +286,46 @@ def print_ablation(runs_file: Path):
     for a per-epoch checkpoint, also the dense nDCG@10 on the held-out documents' synthetic queries (what early
     stopping could see without judgements); for a variant of the recipe's schedule or mining, its dense difference from
     the plain recipe run of the same mining and seed (`recipe_reference`)."""
-    from archivesrag.evaluation import paired_bootstrap
+    from archivesrag.metrics import paired_bootstrap
     from cisi_levers import recipe_reference
     if not runs_file.exists(): return
     runs = [json.loads(line) for line in runs_file.read_text().splitlines()]
     base = next((r["per_query_validation"] for r in reversed(runs) if r["args"]["pairs"] == "none"
-                 and not r["args"].get("reeval") and not r["args"].get("score_model") and "per_query_validation" in r), None)
+                 and not r["args"]["score_model"] and "per_query_validation" in r), None)
     recipes = recipe_reference(runs)
     def against_recipe(r):  # a model of another mining (--score_model): the mining levers' baseline, 10-100 seed 42
-        if r["args"].get("score_model"): return recipes.get(("10-100", 42))
-        return recipes.get((r.get("recipe_mining", "10-100"), r["args"].get("seed", 42))) if r["args"]["pairs"] == "recipe" else None
+        if r["args"]["score_model"]: return recipes.get(("10-100", 42))
+        return recipes.get((r["recipe_mining"], r["args"]["seed"])) if r["args"]["pairs"] == "recipe" else None
     def delta(r, kind, against=base):
         if against is None or "per_query_validation" not in r or r["per_query_validation"] is against: return ""
         pq = {q: {"lever": v, "base": against[kind][q]} for q, v in r["per_query_validation"][kind].items()}
         ci = paired_bootstrap(pq, "lever", "base")
         return f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
-    print(f"\nCISI validation half: levers ({runs_file.name}; choose on these, never on the test half)")
-    print(f"{'lever':<72}{'pairs':>6}{'nDCG@10':>9}{'R@100':>7}{'+BM25':>7}  {'Δ dense vs base [95% CI]':<26}"
-          f"{'Δ +BM25 vs base+BM25':<26}{'synthetic':<11}{'Δ dense vs the recipe'}")
+    rows = []
     for r in runs:
         v = r["validation"]
-        vs_recipe = delta(r, "dense", against_recipe(r))
-        label = r["label"] + (f", seed {r['args']['seed']}" if r["args"].get("seed", 42) != 42 else "")
-        print(f"{label[:71]:<72}{r.get('examples', '—'):>6}{v['w=1.0']['ndcg@10']:>9.3f}{v['w=1.0']['recall@100']:>7.3f}"
-              f"{v['w=0.5']['ndcg@10']:>7.3f}  {delta(r, 'dense'):<26}{delta(r, 'fused'):<26}"
-              + (f"{r['synthetic']['w=1.0']['ndcg@10']:<11.3f}" if r.get("synthetic") else " " * 11) + vs_recipe)
-
+        label = r["label"] + (f", seed {r['args']['seed']}" if r["args"]["seed"] != 42 else "")
+        rows.append({"lever": label, "pairs": r.get("examples", "—"), "nDCG@10": v["w=1.0"]["ndcg@10"],
+                     "R@100": v["w=1.0"]["recall@100"], "+BM25": v["w=0.5"]["ndcg@10"],
+                     "Δ dense vs base [95% CI]": delta(r, "dense"), "Δ +BM25 vs base+BM25": delta(r, "fused"),
+                     "synthetic": r["synthetic"]["w=1.0"]["ndcg@10"] if r.get("synthetic") else None,
+                     "Δ dense vs the recipe": delta(r, "dense", against_recipe(r))})
+    print(f"\nCISI validation half: levers ({runs_file.name}; choose on these, never on the test half)\n")
+    print(markdown_table(rows))
 
 def comparison(systems: dict, title: str):
+    "nDCG@10 and R@100 of each system, with its difference from the base model and from BM25."
     bm25, base = systems.get("BM25", {}), systems.get("base", {})
-    print(f"\n{title}")
-    print(f"{'system':<28}{'nDCG@10':>9}{'Δ base':>9}{'Δ BM25':>9}{'R@100':>9}{'Δ base':>9}{'Δ BM25':>9}")
-    for s, m in systems.items():
-        if s.endswith(" RRF"): continue
-        print(f"{s:<28}{m['ndcg@10']:>9.3f}{m['ndcg@10'] - base.get('ndcg@10', 0):>+9.3f}"
-              f"{m['ndcg@10'] - bm25.get('ndcg@10', 0):>+9.3f}{m['recall@100']:>9.3f}"
-              f"{m['recall@100'] - base.get('recall@100', 0):>+9.3f}{m['recall@100'] - bm25.get('recall@100', 0):>+9.3f}")
-
+    rows = [{"system": s, "nDCG@10": m["ndcg@10"], "Δ base": f"{m['ndcg@10'] - base.get('ndcg@10', 0):+.3f}",
+             "Δ BM25": f"{m['ndcg@10'] - bm25.get('ndcg@10', 0):+.3f}", "R@100": m["recall@100"],
+             "Δ base ": f"{m['recall@100'] - base.get('recall@100', 0):+.3f}",
+             "Δ BM25 ": f"{m['recall@100'] - bm25.get('recall@100', 0):+.3f}"}
+            for s, m in systems.items() if not s.endswith(" RRF")]
+    print(f"\n{title}\n\n{markdown_table(rows)}")
 
 def report(results):
     if "evaluate" in results:
         r = results["evaluate"]["result"]
-        if "validation" not in r: sys.exit("state.json predates the held-out split: rerun with --stages split,mine,train,evaluate")
         w = r["fusion_weight"]
         comparison(r["validation"]["systems"], f"CISI validation half, {r['validation']['n_queries']} human-judged queries "
                                                f"(they chose the fusion weights: {w['human validation']})")
@@ -352,12 +343,11 @@ def report(results):
         print(f"\nfusion weight chosen on {r['held_out_synthetic_queries']} held-out synthetic queries (what a user's "
               f"archive serves): {w['synthetic']}")
         for half in ("validation", "test"):
-            for n, m in r.get(f"{half}_at_synthetic_weight", {}).items():
+            for n, m in r[f"{half}_at_synthetic_weight"].items():
                 print(f"  {half} half, {n} at that weight: nDCG@10 {m['ndcg@10']:.3f} (at the human-chosen weight "
                       f"{r[half]['systems'][n]['ndcg@10']:.3f})")
-    print(f"\n{'stage':<10}{'seconds':>9}{'peak MB':>9}  figures")
+    rows = []
     for name, r in results.items():
-        if not isinstance(r, dict) or "seconds" not in r: continue
         res = r["result"]
         fig = {"queries": lambda: f"{res.get('passages_per_s')} passages/s (local SmolLM2)",
                "train": lambda: f"{res.get('train_samples_per_s')} samples/s",
@@ -368,7 +358,8 @@ def report(results):
                                  f"{res.get('faiss_ms_per_query_excl_encoding')} ms/q, bm25 {res.get('bm25_ms_per_query')} ms/q, "
                                  f"hybrid {res.get('hybrid_ms_per_query')} ms/q (batched: {res.get('hybrid_batched_ms_per_query')})",
                }.get(name, lambda: "")()
-        print(f"{name:<10}{r['seconds']:>9}{r['peak_rss_mb']:>9}  {fig}")
+        rows.append({"stage": name, "seconds": r["seconds"], "peak MB": r["peak_rss_mb"], "figures": fig})
+    print("\n" + markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Set `--max_encode` to the largest size to encode everything.
 """
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
@@ -20,11 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import go_offline
 
-os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+go_offline()
 
-from archivesrag.corpus import write_jsonl  # noqa: E402
+from archivesrag.core import write_jsonl  # noqa: E402
 from archivesrag.models import resolve_embedder  # noqa: E402
 from archivesrag.negatives import mine_hard_negatives  # noqa: E402
 from archivesrag.retrieval import dense_search, embedding_cache_path, encode_cached, flat_index  # noqa: E402
@@ -110,7 +109,7 @@ def bench_size(n: int, n_queries: int, work: Path, max_encode: int, rate: dict, 
     # faiss vs NumPy on the same (cached) vectors
     P = encode_cached(model, texts, cache_dir=cache)
     Q = encode_cached(model, list(dict.fromkeys(q["query"] for q in queries)), cache_dir=cache)  # as mining encodes them
-    t = time.perf_counter(); fs, fi = dense_search(flat_index(P), Q, k); faiss_s = time.perf_counter() - t
+    t = time.perf_counter(); fi, fs = dense_search(flat_index(P), Q, k); faiss_s = time.perf_counter() - t
     t = time.perf_counter(); ns, ni = numpy_topk(Q, P, k); numpy_s = time.perf_counter() - t
     agree = float(np.mean(np.abs(fs - ns) < 1e-4)) if fs.shape == ns.shape else 0.0
     return {"passages": n, "queries": len(queries), "encode_s": round(encode_s, 2), "encode_estimated": estimated,

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import offline_env
+
 ROOT = Path(__file__).resolve().parents[1]
 # -march=native, minus AMX: GCC lets an explicit -mno-* win over what -march implies, whatever their order.
 NATIVE_ENV = {"CMAKE_ARGS": "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF",
@@ -54,7 +56,7 @@ def worker(n: int, threads: int) -> None:
 
 
 def timed_run(native_dir: Path | None, n: int, threads: int) -> dict:
-    env = {**os.environ, "ARCHIVESRAG_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env = offline_env()
     if native_dir: env["PYTHONPATH"] = os.pathsep.join([str(native_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = subprocess.run([sys.executable, __file__, "--worker", "--n", str(n), "--threads", str(threads)],
                          capture_output=True, text=True, env=env, cwd=ROOT)

@@ -20,51 +20,49 @@ import argparse
 import contextlib
 import io
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import llama_cpp
+from common import go_offline, llama_server
 
-os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+go_offline()
 
-from archivesrag.corpus import load_corpus, load_sample
-from archivesrag.llm import LocalLLM, get_llm
-from archivesrag.models import bundled_gguf_path
-from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, generate_queries
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from archivesrag.corpus import load_corpus, load_sample  # noqa: E402
+from archivesrag.llm import LocalLLM, get_llm  # noqa: E402
+from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, generate_queries  # noqa: E402
 
 
-def start_server(threads: int, log: Path):
-    port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf_path()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads), "--n_threads_batch", str(threads),
-           "--model_alias", "smollm2"]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    for _ in range(240):
-        if proc.poll() is not None: raise RuntimeError(log.read_text()[-2000:])
-        try:
-            urllib.request.urlopen(base + "/models", timeout=2); return proc, base
-        except OSError: time.sleep(0.5)
-    proc.kill(); raise RuntimeError("llama_cpp.server did not start")
+class TimedLocalLLM(LocalLLM):
+    """The local backend asked one conversation at a time (through the public `chat`), with llama.cpp's own timers
+    reset before each reply and summed over the run: the time spent reading prompts and writing tokens, so the rest
+    is sampling under the JSON grammar and Python. `cold`: the model's state is reset before each prompt too, so
+    nothing of the previous prompt is reused."""
+    def __init__(self, *args, cold: bool = False, **kw):
+        super().__init__(*args, **kw)
+        self.cold, self.read, self.write, self.n_read, self.n_write = cold, 0.0, 0.0, 0, 0
 
+    def chat(self, conversations, **kw):
+        llama, replies = self.llama, []
+        for conv in conversations:
+            if self.cold: llama.reset()
+            llama_cpp.llama_perf_context_reset(llama.ctx)
+            replies += super().chat([conv], **kw)
+            perf = llama_cpp.llama_perf_context(llama.ctx)
+            self.read += perf.t_p_eval_ms / 1000; self.write += perf.t_eval_ms / 1000
+            self.n_read += perf.n_p_eval; self.n_write += perf.n_eval
+        return replies
 
-class ColdLocalLLM(LocalLLM):
-    "The local backend with llama.cpp's state reset before each prompt: nothing of the previous prompt is reused."
-    def _chat_one(self, messages, **kw):
-        with self._lock: self._llm.reset()
-        return super()._chat_one(messages, **kw)
+    def report(self, seconds: float):
+        """Parallel slots (continuous batching) batch only the writing of several replies on the same cores: prompts
+        are already read in batches, and sampling is per reply. By Amdahl's law, slots can at most speed generation
+        up by seconds / (seconds - writing)."""
+        other = seconds - self.read - self.write
+        print(f"{'  where the time goes':<30} reading prompts {self.read:.1f} s ({self.n_read} tokens, "
+              f"{self.n_read / max(self.read, 1e-9):.0f}/s), writing {self.write:.1f} s ({self.n_write} tokens, "
+              f"{self.n_write / max(self.write, 1e-9):.0f}/s), sampling and the rest {other:.1f} s, of {seconds:.1f} s: "
+              f"parallel slots could give at most {seconds / (seconds - self.write):.2f}x", flush=True)
 
 
 def run(name, passages, llm, tmp, max_passage_words, **kw):
@@ -78,32 +76,6 @@ def run(name, passages, llm, tmp, max_passage_words, **kw):
           f"{s['usage']['prompt_tokens']}+{s['usage']['completion_tokens']} tokens; {hits} prefix-match hits; "
           f"load {os.getloadavg()[0]:.1f})", flush=True)
     return s
-
-
-class PerfCounter:
-    """llama.cpp's own timers, reset before each reply and summed over a run: the time spent reading prompts and
-    writing tokens, so the rest is sampling under the JSON grammar and Python."""
-    def __init__(self, llm):
-        self.read = self.write = 0.0; self.n_read = self.n_write = 0
-        inner = llm._chat_one
-        def timed(messages, **kw):
-            llama_cpp.llama_perf_context_reset(llm._llm._ctx.ctx)
-            out = inner(messages, **kw)
-            perf = llama_cpp.llama_perf_context(llm._llm._ctx.ctx)
-            self.read += perf.t_p_eval_ms / 1000; self.write += perf.t_eval_ms / 1000
-            self.n_read += perf.n_p_eval; self.n_write += perf.n_eval
-            return out
-        llm._chat_one = timed
-
-    def report(self, seconds: float):
-        """Parallel slots (continuous batching) batch only the writing of several replies on the same cores: prompts
-        are already read in batches, and sampling is per reply. By Amdahl's law, slots can at most speed generation
-        up by seconds / (seconds - writing)."""
-        other = seconds - self.read - self.write
-        print(f"{'  where the time goes':<30} reading prompts {self.read:.1f} s ({self.n_read} tokens, "
-              f"{self.n_read / max(self.read, 1e-9):.0f}/s), writing {self.write:.1f} s ({self.n_write} tokens, "
-              f"{self.n_write / max(self.write, 1e-9):.0f}/s), sampling and the rest {other:.1f} s, of {seconds:.1f} s: "
-              f"parallel slots could give at most {seconds / (seconds - self.write):.2f}x", flush=True)
 
 
 def main():
@@ -123,25 +95,21 @@ def main():
           f"{a.threads} llama.cpp threads, " + (f"first {a.max_passage_words} words of each passage" if a.max_passage_words else "whole passages"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         rates = {}
-        for name, cls in [("no prefix reuse (passage first)", ColdLocalLLM), ("prefix first (build_messages)", LocalLLM)]:
-            llm = cls(n_threads=a.threads)
-            llm._llm.verbose = True  # so that llama-cpp-python reports its prefix-match hits
-            perf = PerfCounter(llm)
+        for name, cold in [("no prefix reuse (passage first)", True), ("prefix first (build_messages)", False)]:
+            llm = TimedLocalLLM(n_threads=a.threads, cold=cold)
+            llm.llama.verbose = True  # so that llama-cpp-python reports its prefix-match hits
             s = run(name, passages, llm, tmp, a.max_passage_words)
             rates[name] = s["passages_per_s"]
-            perf.report(s["seconds"])
+            llm.report(s["seconds"])
             del llm
         old, new = rates.values()
         print(f"prefix first / no prefix reuse: {new / old:.2f}x documents/s", flush=True)
         if not a.server: return
-        proc, base = start_server(a.threads, Path(tmp) / "server.log")
-        try:
+        with llama_server(Path(tmp) / "server.log", threads=a.threads, wait_s=120) as base:
             for c in (1, 4):
                 llm = get_llm("openai", model="smollm2", base_url=base, concurrency=c)
                 run(f"openai -> llama server, c={c}", passages, llm, tmp, a.max_passage_words,
                     prompt=FEW_SHOT_PROMPT, examples=FEW_SHOT_EXAMPLES)
-        finally:
-            proc.terminate(); proc.wait(10)
 
 
 if __name__ == "__main__":

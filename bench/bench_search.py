@@ -22,16 +22,16 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
+from common import go_offline
+
+go_offline()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _corpus(which: str):
     "(passages Dataset, queries list, label)"
-    from archivesrag.evaluation import find_cisi, load_glasgow
+    from archivesrag.glasgow import find_cisi, load_glasgow
     if which in ("cisi", "auto") and find_cisi():
         corpus, queries, _ = load_glasgow(find_cisi())
         return corpus, list(queries.values()), "CISI"
@@ -87,10 +87,9 @@ def main(argv=None):
     dense_only = Retriever(index.faiss_index, None, model=index.manifest["model"])
 
     def served(i, q, mode, ret=r):
-        "`SearchIndex.search` after the query is encoded: both rankings, the selection (fusion), the result dicts."
-        rk1 = ret.rank([q], 100, qvecs=qv[i:i + 1])
-        (rows, scores), = ret.select(rk1, 10, mode)
-        if ret is r: index._results(rk1, 0, rows, scores, mode)
+        "What `search` serves once the query is encoded: the index's own call, or a bare retriever's rank and select."
+        if ret is r: return index.search(q, k=10, retrieval=mode, query_vectors=qv[i:i + 1])
+        return ret.select(ret.rank([q], 100, qvecs=qv[i:i + 1]), 10, mode)
     t = paired({
         "encode one query": lambda i, q: index.encode([q]),
         "faiss search (top 100)": lambda i, q: index.faiss_index.search(qv[i:i + 1], 100),

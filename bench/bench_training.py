@@ -9,7 +9,6 @@ positive, 7 random other passages as negatives (the same shape as mined data; th
 negatives they are).
 """
 import argparse
-import json
 import os
 import random
 import resource
@@ -39,7 +38,8 @@ def main(argv=None):
 
     import torch
     _quiet_tokenizers_on_cpu()
-    from archivesrag.corpus import load_sample, write_jsonl
+    from archivesrag.core import write_jsonl
+    from archivesrag.corpus import load_sample
     from archivesrag.models import get_device
     from archivesrag.training import count_steps, load_log_history, loss_summary, st_pooling_mode, train
 

@@ -1,51 +1,18 @@
-"""Shared fixtures: a real OpenAI-compatible server (llama.cpp, bundled SmolLM2) on 127.0.0.1."""
-import os
-import socket
-import subprocess
+"""Shared fixtures: the offline environment, and a real OpenAI-compatible server (llama.cpp, bundled SmolLM2) on
+127.0.0.1, both from `bench/common.py`, which the bench scripts use too."""
 import sys
-import time
-import urllib.request
+from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("ARCHIVESRAG_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from common import go_offline, llama_server as serve_llama  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+go_offline()  # before any test module imports archivesrag
 
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    """Start `python -m llama_cpp.server` with the bundled GGUF; yield its base URL (…/v1)."""
-    from archivesrag.models import bundled_gguf_path
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf_path()),
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2",
-           "--model_alias", "smollm2"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited early:\n{log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(base + "/models", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("llama_cpp.server did not start within 120 s")
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    """`python -m llama_cpp.server` with the bundled GGUF, 2 threads, the model named `smollm2`: its base URL (…/v1)."""
+    with serve_llama(tmp_path_factory.mktemp("llama") / "server.log", threads=2) as base:
+        yield base

@@ -3,20 +3,18 @@ unpublished units of the bundled test archives, and no marker may appear anywher
 output, every prompt at the one LLM boundary (`ARCHIVESRAG_PROMPT_LOG`), answers, written query files — while the
 restricted and closed ones do appear at the matching clearance, or once their date has passed."""
 import json
-import shutil
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, written_archives_corpus
 
 from archivesrag.archives import archives_path
-from archivesrag.corpus import read_jsonl
+from archivesrag.core import read_jsonl
 
 # Planted in the fixtures: closed (no date, or until 2071), restricted until 2090, staff-only notes, unpublished units.
 CLOSED, RESTRICTED, INTERNAL, UNPUBLISHED = "ZQX-CLOSED", "ZQX-RESTRICTED", "ZQX-INTERNAL", "ZQX-UNPUBLISHED"
 NEVER = (INTERNAL, UNPUBLISHED)          # dropped at load time: for no one, ever
 HIDDEN = (CLOSED, RESTRICTED) + NEVER    # hidden from the public today
 AS_OF = "2026-01-01"                      # tests pass a fixed date; the CLI's default is today
-FIXTURES = ["ead/written/harbour-board-ead3.xml", "csv/st-brigids-school-atom.csv", "oai/northport-oai-dc.xml"]
 
 
 def planted(text: str, markers=HIDDEN) -> list[str]:
@@ -26,12 +24,7 @@ def planted(text: str, markers=HIDDEN) -> list[str]:
 @pytest.fixture(scope="module")
 def archive_corpus(tmp_path_factory):
     "The three written fixtures, loaded by `archivesrag corpus` from a folder, as a user would."
-    tmp = tmp_path_factory.mktemp("access")
-    (tmp / "aids").mkdir()
-    for f in FIXTURES: shutil.copy(archives_path(f), tmp / "aids")
-    run = run_cli("corpus", "--input_file", tmp / "aids", "--output_file", tmp / "corpus.jsonl")
-    assert run.returncode == 0, run.stderr
-    return tmp / "corpus.jsonl"
+    return written_archives_corpus(tmp_path_factory.mktemp("access"))
 
 
 @pytest.mark.fast
@@ -52,6 +45,7 @@ def test_corpus_line_counts_levels_and_access(archive_corpus, tmp_path):
         assert part in run.stdout, run.stdout
 
 
+@pytest.mark.timeout(120)
 def test_gen_query_never_sends_a_closed_record(tmp_path, monkeypatch):
     "The local writer reads only open records by default, and restricted ones when asked; a closed one never."
     corpus = tmp_path / "corpus.jsonl"
@@ -151,20 +145,22 @@ def test_a_filtered_search_returns_k_when_k_exist_brute_force(archive_index):
     assert got == expected and len(got) == 3
 
 
+@pytest.mark.timeout(600)
 def test_ask_never_puts_a_hidden_marker_in_a_prompt_or_an_answer(archive_index, tmp_path, monkeypatch, llama_server):
     log = tmp_path / "prompts.jsonl"
     monkeypatch.setenv("ARCHIVESRAG_PROMPT_LOG", str(log))
     for backend in (["--backend", "local"], ["--base_url", llama_server, "--model", "smollm2"]):
         for q in LEAKY_QUERIES[:3]:
-            run = run_cli("ask", "--index_dir", archive_index, "--as_of", AS_OF, "--max_tokens", "64", *backend, q)
+            run = run_cli("ask", "--index_dir", archive_index, "--as_of", AS_OF, "--max_tokens", "64", "--generate",
+                          *backend, q)
             # a 135M model sampling at the recipe's temperature may ramble past the limit: that is said, in one line
             assert run.returncode == 0 or "cut by the token limit" in run.stderr, run.stderr
             assert not planted(run.stdout + run.stderr), (backend, q)
     sent = log.read_text()
     assert sent.count('"messages"') >= 3 and not planted(sent)
     log.unlink()
-    run = run_cli("ask", "--index_dir", archive_index, "--as_of", AS_OF, "--clearance", "full", "--backend", "local",
-                  LEAKY_QUERIES[0])
+    run = run_cli("ask", "--index_dir", archive_index, "--as_of", AS_OF, "--clearance", "full", "--generate",
+                  "--backend", "local", LEAKY_QUERIES[0])
     assert run.returncode == 0 and CLOSED in log.read_text()   # the full clearance does see the closed file
 
 
@@ -179,6 +175,7 @@ def test_vllm_prompt_building_checks_what_it_is_handed():
     assert "Open minutes" in msgs[-1]["content"] and CLOSED not in json.dumps(msgs)
 
 
+@pytest.mark.fast
 def test_evaluate_scores_what_the_public_sees(archive_corpus, tmp_path):
     "Held-out queries of hidden passages are left out, counted, and the clearance is said."
     recs = read_jsonl(archive_corpus)

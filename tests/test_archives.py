@@ -1,12 +1,11 @@
 """Archival loaders (archivesrag.archives): every fixture loads, hierarchy and access are consistent, internal and
 unpublished content never reaches a record, and unsafe or malformed XML is refused in one line."""
-from pathlib import Path
 
 import pytest
 
 from archivesrag.archives import (archives_path, check_doctype, detect_kind, load_archive, parse_access,
                                   parse_date_text, RECORD_FIELDS)
-from archivesrag.corpus import InputError
+from archivesrag.core import InputError
 
 pytestmark = pytest.mark.fast
 

@@ -1,14 +1,16 @@
-"""Corpus loading: the bundled sample, every kind of bad input, and the `archivesrag corpus` command."""
+"""Corpus loading: the bundled sample, every kind of bad input, and the `archivesrag corpus` command; the files
+`archivesrag.core` reads and writes (JSON Lines, atomic writes)."""
 import json
 import os
 import sys
 
 import pytest
-
-from archivesrag.corpus import InputError, load_corpus, load_sample, read_jsonl
-
-
 from helpers import run_cli
+
+from archivesrag.core import InputError, read_jsonl
+from archivesrag.corpus import load_corpus, load_sample
+
+pytestmark = pytest.mark.fast  # no model beyond MiniLM's tokenizer: the whole file takes seconds
 
 
 def test_sample_archive_has_passages_with_context():
@@ -145,7 +147,7 @@ def test_cli_help_lists_every_step():
 
 
 def corpus_cli_run(tmp_path, *args):
-    "`archivesrag corpus ARGS` in a subprocess: (exit status, stderr)."
+    "`archivesrag corpus ARGS` run in `tmp_path`: (exit status, stderr)."
     r = run_cli("corpus", *args, cwd=tmp_path)
     assert "Traceback" not in r.stderr
     return r.returncode, r.stderr.strip()
@@ -213,7 +215,7 @@ def test_unwritable_folder_and_unreadable_file_via_chmod(tmp_path):
 
 
 def test_write_atomic_leaves_old_file_or_new(tmp_path):
-    from archivesrag.corpus import write_atomic
+    from archivesrag.core import write_atomic
     target = tmp_path / "notes.txt"
     write_atomic(target, "first")
     def pieces():

@@ -8,6 +8,7 @@ NBS = Path(__file__).resolve().parents[1] / "nbs"
 NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
 
 
+@pytest.mark.timeout(300)
 def test_proc_nbs_processes_every_notebook(monkeypatch):
     from nbdev.serve import proc_nbs
     monkeypatch.chdir(NBS.parent)
@@ -16,6 +17,7 @@ def test_proc_nbs_processes_every_notebook(monkeypatch):
     assert {nb.name for nb in NOTEBOOKS} <= processed
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_has_title_description_and_badge(nb):
     cells = json.loads(nb.read_text())["cells"]
@@ -28,6 +30,7 @@ def test_notebook_has_title_description_and_badge(nb):
         assert "".join(cells[3]["source"]).startswith("#| default_exp"), f"{nb.name}: default_exp must follow"
 
 
+@pytest.mark.fast
 def test_spine_is_complete():
     names = {nb.stem for nb in NOTEBOOKS}
     for stem in ["index", "00_corpus", "01_queries", "02_negatives", "03_training", "04_evaluation", "05_search",
@@ -35,6 +38,7 @@ def test_spine_is_complete():
         assert stem in names, f"missing notebook {stem}.ipynb"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_saved_outputs_hold_no_machine_paths_or_progress_bars(nb):
     "What the docs site shows: `make outputs` cleans them (tools/clean_outputs.py); a stray one fails here."

@@ -4,12 +4,11 @@ Nothing here depends on one build's exact completion: llama-cpp-python is compil
 model's greedy text changes with the CPU and the thread count. The tests assert what holds on every machine —
 shapes, types, that a reply under a grammar that must end is valid JSON, that a reply which cannot end within
 `max_tokens` is reported as cut. Run them at 1 and 2 threads: `ARCHIVESRAG_LLM_THREADS=1 pytest tests/test_llm.py`."""
-import socket
-
 import httpx
 import pytest
+from common import free_port  # bench/common.py (conftest puts bench/ on sys.path): a port nothing listens on
 
-from archivesrag.corpus import InputError
+from archivesrag.core import InputError
 from archivesrag.llm import (LLM_THREADS_ENV, ChatReply, LocalLLM, OpenAILLM, cut_reply, default_backend, extract_json,
                              get_llm, llm_threads, scrub)
 
@@ -29,6 +28,7 @@ def local_llm():
     return get_llm("local")
 
 
+@pytest.mark.timeout(30)
 def test_local_backend_chat_json(local_llm):
     assert isinstance(local_llm, LocalLLM) and local_llm.name.startswith("local:")
     assert local_llm.context_window >= 4096
@@ -42,6 +42,7 @@ def test_local_backend_chat_json(local_llm):
     assert u["requests"] >= 2 and u["prompt_tokens"] >= sum(r.prompt_tokens for r in replies)
 
 
+@pytest.mark.timeout(30)
 def test_a_reply_cut_by_the_token_limit_is_a_failure(local_llm):
     errors = local_llm.usage["errors"]
     r = local_llm.chat([[{"role": "user", "content": "Describe a fonds."}]], max_tokens=8, json_schema=MUST_RUN_LONG)[0]
@@ -52,6 +53,7 @@ def test_a_reply_cut_by_the_token_limit_is_a_failure(local_llm):
     assert cut_reply(ChatReply(text="Ten years.", finish_reason="stop"), 8).ok
 
 
+@pytest.mark.timeout(30)
 def test_local_sampling_settings(local_llm):
     r = local_llm.chat([[{"role": "user", "content": "List three kinds of archival records, one per line."}]],
                        max_tokens=32, temperature=0.7, top_p=0.9, stop=["\n"], repeat_penalty=1.2, seed=1)[0]
@@ -59,6 +61,7 @@ def test_local_sampling_settings(local_llm):
     assert "\n" not in r.text  # generation ends at a stop sequence, which is not part of the reply
 
 
+@pytest.mark.timeout(30)
 def test_local_failure_is_a_reply_not_an_exception(local_llm):
     too_long = [{"role": "user", "content": "fonds " * 6000}]
     bad, ok = local_llm.chat([too_long, [{"role": "user", "content": "Say OK."}]], max_tokens=4)
@@ -67,6 +70,7 @@ def test_local_failure_is_a_reply_not_an_exception(local_llm):
     assert local_llm.count_tokens("Port Alder building permits") > 2
 
 
+@pytest.mark.fast
 def test_thread_count_is_settable(monkeypatch):
     monkeypatch.setenv(LLM_THREADS_ENV, "1")
     assert llm_threads() == 1 and llm_threads(3) == 3
@@ -80,6 +84,7 @@ def test_thread_count_is_settable(monkeypatch):
         llm_threads(0)
 
 
+@pytest.mark.timeout(180)
 def test_openai_backend_against_llama_server(llama_server):
     llm = get_llm(base_url=llama_server, model="smollm2", concurrency=2)  # no backend named: base_url -> openai
     assert isinstance(llm, OpenAILLM)
@@ -98,16 +103,13 @@ def test_openai_backend_against_llama_server(llama_server):
     assert plain.ok or plain.finish_reason == "length"
 
 
-def _closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
+@pytest.mark.fast
 def test_openai_retries_are_the_clients_own():
     attempts = []
     http = httpx.Client(event_hooks={"request": [lambda request: attempts.append(request.url)]})
-    llm = get_llm("openai", model="none", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=2, timeout=3,
+    llm = get_llm("openai", model="none", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=2, timeout=3,
                   http_client=http)
     r = llm.chat([[{"role": "user", "content": "Say OK."}]], max_tokens=4, json_schema=SCHEMA)[0]
     assert len(attempts) == 3  # one request and the client's 2 retries (with backoff); no second request of ours
@@ -115,6 +117,7 @@ def test_openai_retries_are_the_clients_own():
     assert r.error.startswith("APIConnectionError") and "after 2 retries" in r.error and "127.0.0.1" in r.error
 
 
+@pytest.mark.timeout(180)
 def test_openai_timeout_is_an_error_not_a_hang(llama_server):
     llm = get_llm(base_url=llama_server, model="smollm2", timeout=0.001, max_retries=1)
     assert llm.client.timeout == 0.001
@@ -126,10 +129,11 @@ def test_openai_timeout_is_an_error_not_a_hang(llama_server):
         get_llm("local", timeout=5)
 
 
+@pytest.mark.fast
 def test_openai_errors_are_replies_and_never_show_the_key(monkeypatch, capsys):
     secret = "sk-test-DO-NOT-LEAK-1234567890"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
-    llm = get_llm("openai", base_url=f"http://127.0.0.1:{_closed_port()}/v1", max_retries=0, timeout=3)
+    llm = get_llm("openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=0, timeout=3)
     replies = llm.chat(CONVS, max_tokens=8)
     assert all(r.error for r in replies)  # nobody listens there: connection errors, as replies
     assert llm.usage["errors"] == 2
@@ -138,6 +142,7 @@ def test_openai_errors_are_replies_and_never_show_the_key(monkeypatch, capsys):
     assert secret not in scrub(f"Incorrect API key provided: {secret}")
 
 
+@pytest.mark.fast
 def test_backend_choice(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert default_backend() == "local"
@@ -154,6 +159,7 @@ def test_backend_choice(monkeypatch):
     assert OpenAILLM().client.max_retries == 3 and OpenAILLM(timeout=7).client.timeout == 7
 
 
+@pytest.mark.fast
 def test_extract_json():
     assert extract_json('```json\n{"query": "a"}\n```') == {"query": "a"}
     assert extract_json('Here: {"query": "b"} done') == {"query": "b"}

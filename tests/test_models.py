@@ -1,12 +1,13 @@
 """Model resolution: offline defaults, substitution of the seed's names only, errors that name the model, sizing."""
-import os
 
 import pytest
 
-from archivesrag.corpus import InputError
+from archivesrag.core import InputError
 from archivesrag.models import (FULL_MODELS, SMALL_GPU_RAG_LLM, bundled_embedder_path, bundled_gguf_path, full_recipe,
                                 get_device, hub_name, import_faiss, load_embedder, rag_model_for_gpu, recipe,
                                 resolve_embedder)
+
+pytestmark = pytest.mark.fast  # resolution and sizing; one MiniLM load
 
 
 def test_bundled_files_exist():

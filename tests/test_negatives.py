@@ -1,19 +1,17 @@
 """Hard-negative mining (archivesrag.negatives) on a slice of the sample archive, with the bundled MiniLM and real faiss."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 
-from archivesrag.corpus import InputError, load_sample, read_jsonl, save_corpus, write_jsonl
-from archivesrag.negatives import (_key, held_out_ids, load_split, load_training_records, mine_hard_negatives, parse_range,
-                                   pool_from_passages, save_split, split_by_document)
+from archivesrag.core import InputError, read_jsonl, write_jsonl
+from archivesrag.corpus import load_sample, save_corpus
+from archivesrag.negatives import _key, load_training_records, mine_hard_negatives, parse_range, pool_from_passages
+from archivesrag.splits import held_out_ids, load_split, save_split, split_by_document
 from archivesrag.retrieval import embedding_cache_path, encode_cached
 from archivesrag.models import resolve_embedder
-from archivesrag.pipeline import main
+from archivesrag.cli import main
 
 N_PASSAGES = 60
 RANGE, NEG = "2-200", 15
@@ -34,7 +32,7 @@ def data(tmp_path_factory):
         queries = [{"id": p["id"], "query": p["title"], "positive": [p["text"]], "doc_id": p["doc_id"]} for p in corpus]
     save_corpus(corpus, d / "corpus.jsonl")
     write_jsonl(queries, d / "query.jsonl")
-    cache = d / "cache"
+    cache = d / "cache" / "embeddings"  # where $ARCHIVESRAG_CACHE=<d>/cache keeps embeddings (core.cache_dir)
     summary = mine_hard_negatives(d / "query.jsonl", d / "minedHN.jsonl", range_for_sampling=RANGE,
                                   negative_number=NEG, seed=42, cache_dir=cache)
     return {"dir": d, "cache": cache, "summary": summary, "mined": read_jsonl(d / "minedHN.jsonl"),
@@ -138,6 +136,7 @@ def test_round_trip_keeps_only_examples_whose_positive_is_top1(data):
         assert texts[int(np.argmax(scores))] == r["pos"][0]
 
 
+@pytest.mark.fast
 def test_encode_cached_normalised_keyed_by_prompt_and_recovers_from_damage(tmp_path, capsys):
     texts = ["Retention schedule for payroll records", "Fixity check failed on digitised maps"]
     a = encode_cached(None, texts, cache_dir=tmp_path)
@@ -153,6 +152,7 @@ def test_encode_cached_normalised_keyed_by_prompt_and_recovers_from_damage(tmp_p
     assert "encoding 2 texts" in capsys.readouterr().out and np.allclose(a, c, atol=1e-6)
 
 
+@pytest.mark.fast
 def test_bad_input_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "query": "q", "positive": ["p"]}\n{"id": "b", "positive": ["p"]}\n')
@@ -171,6 +171,7 @@ def test_bad_input_names_file_and_line(tmp_path):
         mine_hard_negatives(ok, tmp_path / "out.jsonl", candidate_pool=pool, cache_dir=tmp_path)
 
 
+@pytest.mark.fast
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "query": "q", "positive": ["p"]}\n{"id": "b", "query": 3, "positive": ["p"]}\n')
@@ -180,15 +181,13 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_seed_command_line_as_written(data):
-    "The seed's `mine_hn.py` command, run as `archivesrag mine-hn` in a fresh process: offline it substitutes MiniLM."
+def test_seed_command_line_as_written(data, monkeypatch):
+    "The seed's `mine_hn.py` command, run as `archivesrag mine-hn` (offline, as conftest sets): MiniLM stands in."
     d = data["dir"]
-    exe = Path(sys.executable).with_name("archivesrag")
-    env = {**os.environ, "ARCHIVESRAG_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "ARCHIVESRAG_CACHE": str(data["cache"])}
-    cmd = [str(exe), "mine-hn", "--model_name_or_path", "BAAI/bge-base-en-v1.5", "--input_file", "query.jsonl",
-           "--output_file", "query_minedHN.jsonl", "--range_for_sampling", "2-200", "--negative_number", "15",
-           "--use_gpu_for_searching"]
-    p = subprocess.run(cmd, cwd=d, env=env, capture_output=True, text=True, timeout=600)
+    monkeypatch.setenv("ARCHIVESRAG_CACHE", str(data["cache"].parent))
+    p = run_cli("mine-hn", "--model_name_or_path", "BAAI/bge-base-en-v1.5", "--input_file", "query.jsonl",
+                "--output_file", "query_minedHN.jsonl", "--range_for_sampling", "2-200", "--negative_number", "15",
+                "--use_gpu_for_searching", cwd=d)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "offline: using the bundled all-MiniLM-L6-v2 instead of BAAI/bge-base-en-v1.5" in p.stdout
     assert "--use_gpu_for_searching:" in p.stdout and "cache hit" in p.stdout
@@ -197,6 +196,7 @@ def test_seed_command_line_as_written(data):
     assert all({"query", "pos", "neg"} <= set(r) for r in lines)
 
 
+@pytest.mark.fast
 def test_pool_through_load_passages_counts_skips(tmp_path):
     write_jsonl([{"id": "a", "text": "Payroll records: 7 years."}, {"id": "b", "text": "payroll records:   7 YEARS."},
                  {"id": "c", "text": "  "}, {"id": "d", "text": "Maps: permanent."}], tmp_path / "pool.jsonl")

@@ -1,26 +1,26 @@
 """`archivesrag demo` end to end on a reduced sample archive and its resume; the step runner; the report; the demo's
 edges (each a real command that fails before any model loads)."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import run_cli
 
-from archivesrag.corpus import InputError
-from archivesrag.evaluation import paired_bootstrap
-from archivesrag.pipeline import (RunFolder, RunState, demo_config, reset_peak_rss, run_steps,
-                                  step_corpus, write_report)
+from archivesrag.core import InputError
+from archivesrag.metrics import paired_bootstrap
+from archivesrag.pipeline import RunFolder, demo_config, step_corpus
+from archivesrag.report import write_report
+from archivesrag.runner import RunState, reset_peak_rss, run_steps
 
-ARCHIVESRAG = str(Path(sys.executable).parent / "archivesrag")
 STEPS = ["corpus", "queries", "split", "mine", "train", "evaluate", "index", "answers"]
 
 
+@pytest.mark.timeout(1500)
 def test_reduced_demo_runs_every_step_then_resumes(tmp_path):
+    "The demo as a user runs it, in a fresh process (`fresh=True`): every step, training and generation included."
     run = tmp_path / "demo"
-    cmd = [ARCHIVESRAG, "demo", "--run_dir", str(run), "--max_docs", "12", "--num_train_epochs", "1"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    cmd = ["demo", "--run_dir", run, "--max_docs", "12", "--num_train_epochs", "1"]
+    first = run_cli(*cmd, fresh=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     state = json.loads((run / "state.json").read_text())["steps"]
     assert list(state) == STEPS
@@ -52,13 +52,14 @@ def test_reduced_demo_runs_every_step_then_resumes(tmp_path):
     assert all(set(a["passages"]) <= corpus_ids for a in answers)
     assert "nDCG@10" in first.stdout  # the terminal summary
 
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = run_cli(*cmd, fresh=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done earlier: skipped") == len(STEPS)
 
 
 # --- the runner -------------------------------------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_run_steps_skips_finished_steps_keeps_them_after_a_crash_and_redoes_on_request(tmp_path):
     calls = []
     def count(run, cfg): calls.append("count"); return {"n": cfg["n"]}
@@ -78,6 +79,7 @@ def test_run_steps_skips_finished_steps_keeps_them_after_a_crash_and_redoes_on_r
     assert calls[-1] == "count" and RunState(tmp_path).steps["count"]["result"] == {"n": 4}
 
 
+@pytest.mark.fast
 def test_run_steps_refuses_a_rerun_with_other_settings(tmp_path):
     "A finished run rerun with other settings must not report the old results as the new ones."
     step = lambda run, cfg: {"n": cfg["n"]}
@@ -88,17 +90,13 @@ def test_run_steps_refuses_a_rerun_with_other_settings(tmp_path):
         run_steps(tmp_path, {"count": step}, {"n": 4, "verbose": True}, say=quiet, same_settings=True)
 
 
+@pytest.mark.timeout(120)
 def test_run_steps_in_a_fresh_process_runs_a_real_step(tmp_path):
     run = RunFolder(tmp_path)
     out = run_steps(run, {"corpus": step_corpus}, demo_config(max_docs=3, verbose=False), fresh_process=True,
                     say=lambda *a: None)["steps"]["corpus"]
     assert out["result"]["documents"] == 3 and out["peak_rss_mb"] > 0
     assert len(run.corpus.read_text().splitlines()) == out["result"]["passages"]
-
-
-def test_state_of_an_earlier_version_is_read(tmp_path):
-    (tmp_path / "state.json").write_text(json.dumps({"steps": {"corpus": {"seconds": 4.7, "peak_rss_mb": 645, "passages": 17}}}))
-    assert RunState(tmp_path).steps["corpus"] == {"seconds": 4.7, "peak_rss_mb": 645, "result": {"passages": 17}}
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -118,6 +116,7 @@ def _finished_run(folder: Path, n: int = 31) -> Path:
     return folder
 
 
+@pytest.mark.fast
 def test_report_reads_its_table_and_writes_no_empty_heading(tmp_path):
     report = write_report(_finished_run(tmp_path / "run")).read_text()
     assert "## Plots" not in report and "## Answers" not in report  # nothing under them: no heading
@@ -127,6 +126,7 @@ def test_report_reads_its_table_and_writes_no_empty_heading(tmp_path):
     assert "With n = 31" in report
 
 
+@pytest.mark.fast
 def test_paired_bootstrap_interval_shows_a_real_gain_and_not_a_tie():
     pq = {f"q{i}": {"a": 0.5 + (0.2 if i % 2 else 0.1), "b": 0.5, "c": 0.5 + (0.05 if i % 2 else -0.05)} for i in range(31)}
     gain, tie = paired_bootstrap(pq, "a", "b"), paired_bootstrap(pq, "c", "b")
@@ -144,15 +144,17 @@ def _one_line_error(r, *words):
     assert "Traceback" not in r.stderr and all(w in lines[0] for w in words), lines[0]
 
 
+@pytest.mark.fast
 def test_demo_with_a_damaged_state_file_says_which_and_how_to_fix(tmp_path):
     run = tmp_path / "run"; run.mkdir()
     (run / "state.json").write_text('{"steps": {"corpus": {"seconds": 4.7, "peak')  # truncated
     _one_line_error(run_cli("demo", "--run_dir", run), str(run / "state.json"), "damaged", "--restart", "delete it")
     (run / "state.json").write_text("[1, 2]")  # valid JSON, not a state
-    _one_line_error(run_cli("demo", "--run_dir", run), "not a run state file")
+    _one_line_error(run_cli("demo", "--run_dir", run), "run state file", "--restart")
     assert sorted(p.name for p in run.iterdir()) == ["plots", "state.json"]  # nothing else ran
 
 
+@pytest.mark.fast
 def test_demo_with_a_file_as_run_dir(tmp_path):
     f = tmp_path / "notes.txt"; f.write_text("mine")
     _one_line_error(run_cli("demo", "--run_dir", f), str(f), "is a file, not a folder")
@@ -161,12 +163,14 @@ def test_demo_with_a_file_as_run_dir(tmp_path):
     assert f.read_text() == "mine"
 
 
+@pytest.mark.fast
 def test_demo_restart_deletes_only_a_run_folder(tmp_path):
     (tmp_path / "thesis.tex").write_text("years of work")
     _one_line_error(run_cli("demo", "--run_dir", tmp_path, "--restart"), "not a run folder", "leaves it alone")
     assert (tmp_path / "thesis.tex").exists()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("flags, words", [(["--max_docs", "1"], ["--max_docs", "at least 2"]),
                                           (["--max_docs", "0"], ["--max_docs"]),
                                           (["--num_train_epochs", "0"], ["--num_train_epochs"]),

@@ -53,6 +53,7 @@ def newer_instructions(so: Path, limit: int = 5) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if NEWER_THAN_AVX2.search(line)][:limit]
 
 
+@pytest.mark.fast
 def test_allow_list_is_the_haswell_set():
     assert allowed_isa() == {"SSE3", "SSSE3", "SSE42", "AVX", "AVX2", "BMI2", "F16C", "FMA"}
 
@@ -64,6 +65,7 @@ def test_system_info_lists_only_allowed_instruction_sets():
     assert reported_isa(info) <= allowed_isa(), f"built for {sorted(reported_isa(info) - allowed_isa())}: {info}"
 
 
+@pytest.mark.fast
 def test_reported_isa_reads_a_native_build():
     "The check above catches what a native build on an AMX host reports (llama.cpp 0.3.36's format)."
     native = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
@@ -73,15 +75,18 @@ def test_reported_isa_reads_a_native_build():
                                                     "AVX512_BF16", "AMX_INT8"}
 
 
-@pytest.mark.fast
+@pytest.mark.timeout(150)
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
 def test_libraries_hold_no_instruction_newer_than_avx2():
+    "Not in the fast tier (12-30 s of objdump): a code change does not rebuild llama.cpp, and the check above catches a"
+    " native build in milliseconds."
     libs = ggml_libraries()
     assert any("ggml-cpu" in p.name for p in libs), [p.name for p in libs]
     found = {p.name: newer_instructions(p) for p in libs}
     assert not any(found.values()), {k: v for k, v in found.items() if v}
 
 
+@pytest.mark.fast
 def test_the_objdump_pattern_catches_each_newer_set():
     for line in ["tileloadd (%rax,%rdx,1),%tmm0", "vmovups %zmm0,(%rax)", "vaddps %ymm17,%ymm1,%ymm2",
                  "kmovw %k1,%eax", "{vex} vpdpbusd %ymm2,%ymm1,%ymm0", "ldtilecfg (%rsp)"]:
@@ -91,6 +96,7 @@ def test_the_objdump_pattern_catches_each_newer_set():
         assert not NEWER_THAN_AVX2.search(line), line
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="Debian's qemu-user is not installed")
 def test_a_completion_runs_on_a_haswell():
     "One short completion with every instruction a Haswell lacks made illegal (qemu-user's Haswell model)."

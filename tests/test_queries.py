@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from archivesrag.corpus import load_sample, read_jsonl, write_jsonl
-from archivesrag.llm import ChatReply, get_llm
-from archivesrag.pipeline import main
+from archivesrag.core import read_jsonl, write_jsonl
+from archivesrag.corpus import load_sample
+from archivesrag.llm import get_llm
+from archivesrag.cli import main
 from archivesrag.queries import FEW_SHOT_EXAMPLES, FEW_SHOT_PROMPT, QUERY_PROMPT, generate_queries, load_sample_queries
-from helpers import http_server, reply_chat_completion, run_cli
+from helpers import CLI_CODE, http_server, reply_chat_completion, run_cli
 
+pytestmark = pytest.mark.timeout(120)  # a real server on 127.0.0.1: a request that hangs fails the test, not the run
 SECRET = "sk-test-NEVER-IN-OUTPUT-0123456789"
 PARROT = "What happens when the checksums of digitised map files fail the quarterly fixity audit?"  # example 2, reworded
 
@@ -70,6 +72,7 @@ def _corpus(path: Path, n: int, markers: dict | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- malformed replies, the key, the CLI
+@pytest.mark.fast
 def test_malformed_replies_end_in_failures_file(fake_server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     corpus = _corpus(tmp_path / "corpus.jsonl", 6, {1: "BADJSON", 3: "EMPTY", 4: "NOKEY"})
@@ -101,6 +104,7 @@ def test_malformed_replies_end_in_failures_file(fake_server, tmp_path, monkeypat
     assert len(read_jsonl(out)) == 3 and sorted(r["id"] for r in read_jsonl(fail)) == ["P001#0", "P003#0", "P004#0"]
 
 
+@pytest.mark.fast
 def test_filters_duplicates_and_seed_input(fake_server, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     # the seed's "Original Data" format: only `text`; chunked by load_corpus, ids from file name and line
@@ -116,6 +120,7 @@ def test_filters_duplicates_and_seed_input(fake_server, tmp_path, monkeypatch):
     assert {f["reason"] for f in fails} == {"filtered: duplicate"}
 
 
+@pytest.mark.fast
 def test_queries_per_passage_and_resume(fake_server, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     corpus = _corpus(tmp_path / "corpus.jsonl", 4)
@@ -130,12 +135,13 @@ def test_queries_per_passage_and_resume(fake_server, tmp_path, monkeypatch):
     assert all(len({r["query"] for r in recs if r["id"] == i}) == 2 for i in set(ids))  # two different queries
 
 
+@pytest.mark.fast
 def test_cli_help_and_bad_input(tmp_path, capsys):
     r = run_cli("gen-query", "--help")
     assert r.returncode == 0
     for flag in ["--input_file", "--output_file", "--backend", "--model", "--base_url", "--concurrency", "--timeout",
                  "--queries_per_passage", "--prompt_file", "--failures_file", "--limit", "--max_tokens",
-                 "--temperature", "--seed", "--max_passage_words", "--retry_failed", "--min_words", "--max_copy"]:
+                 "--temperature", "--seed", "--max_passage_words", "--min_words", "--max_copy"]:
         assert flag in r.stdout or flag.replace("_", "-") in r.stdout, flag  # the parser may print either spelling
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": "trunc\n')
@@ -146,12 +152,13 @@ def test_cli_help_and_bad_input(tmp_path, capsys):
 
 # ---------------------------------------------------------------- issue 13: the edges of gen-query
 def _gen(corpus, out, *extra, **kw):
-    "`archivesrag gen-query` in a fresh process, as a user runs it."
+    "`archivesrag gen-query`, as a user runs it (`run_cli`)."
     r = run_cli("gen-query", "--input_file", corpus, "--output_file", out, *extra, **kw)
     assert "Traceback" not in r.stderr, r.stderr
     return r
 
 
+@pytest.mark.fast
 def test_nothing_written_exits_non_zero_and_a_rerun_retries_the_failures(fake_server, tmp_path):
     corpus, out = _corpus(tmp_path / "corpus.jsonl", 3), tmp_path / "q.jsonl"
     _Handler.broken = True
@@ -168,10 +175,11 @@ def test_nothing_written_exits_non_zero_and_a_rerun_retries_the_failures(fake_se
     assert r.returncode == 0 and "3 skipped" in r.stdout
 
 
+@pytest.mark.fast
 def test_dead_server_and_timeout_flag(fake_server, tmp_path):
     corpus = _corpus(tmp_path / "corpus.jsonl", 1)
-    _Handler.delay = 3.0
-    try: r = _gen(corpus, tmp_path / "q.jsonl", "--base_url", fake_server, "--model", "fake", "--timeout", "0.5")
+    _Handler.delay = 1.0  # longer than --timeout: every try (the openai client's own retries too) times out
+    try: r = _gen(corpus, tmp_path / "q.jsonl", "--base_url", fake_server, "--model", "fake", "--timeout", "0.3")
     finally: _Handler.delay = 0.0
     assert r.returncode == 1 and "1 failed" in r.stdout
     assert "Timeout" in read_jsonl(tmp_path / "q.failures.jsonl")[0]["reason"]
@@ -183,6 +191,7 @@ def test_dead_server_and_timeout_flag(fake_server, tmp_path):
     (["--prompt_file", "latin1.txt"], "latin1.txt:1: not UTF-8 text"),
     (["--failures_file", "q.jsonl"], "--failures_file must differ"),
 ])
+@pytest.mark.fast
 def test_bad_flags_get_one_line(fake_server, tmp_path, args, message):
     corpus = _corpus(tmp_path / "corpus.jsonl", 2)
     (tmp_path / "latin1.txt").write_bytes("Write a query for this r\u00e9sum\u00e9: {text}".encode("latin-1"))
@@ -192,6 +201,7 @@ def test_bad_flags_get_one_line(fake_server, tmp_path, args, message):
     assert not (tmp_path / "q.jsonl").exists() or (tmp_path / "q.jsonl").read_text() == ""
 
 
+@pytest.mark.fast
 def test_output_equal_to_input_is_refused(fake_server, tmp_path):
     corpus = _corpus(tmp_path / "corpus.jsonl", 2)
     before = corpus.read_bytes()
@@ -200,19 +210,20 @@ def test_output_equal_to_input_is_refused(fake_server, tmp_path):
     assert corpus.read_bytes() == before
 
 
+@pytest.mark.timeout(90)
 def test_two_runs_on_one_output_the_second_stops(fake_server, tmp_path):
     n = 20
     corpus, out = _corpus(tmp_path / "corpus.jsonl", n), tmp_path / "q.jsonl"
-    cmd = [sys.executable, "-c", "import sys; from archivesrag.pipeline import main; sys.exit(main())", "gen-query",
-           "--input_file", str(corpus), "--output_file", str(out), "--base_url", fake_server, "--model", "fake",
-           "--concurrency", "1"]
+    args = ["gen-query", "--input_file", corpus, "--output_file", out, "--base_url", fake_server, "--model", "fake",
+            "--concurrency", "1"]
     _Handler.delay = 1.0  # slow replies: the first run is still busy (>= 18 s) while the second one starts
     try:
-        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = subprocess.Popen([sys.executable, "-c", CLI_CODE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)  # a process of its own, running while the second starts here
         deadline = time.time() + 120
         while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 2):
             time.sleep(0.05)
-        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # while the first still runs
+        second = run_cli(*args)  # while the first still runs
         assert first.poll() is None, "the first run ended too early for this test"
         _Handler.delay = 0.0
         first_out, first_err = first.communicate(timeout=300)
@@ -225,6 +236,7 @@ def test_two_runs_on_one_output_the_second_stops(fake_server, tmp_path):
     assert not Path(str(out) + ".lock").exists()
 
 
+@pytest.mark.fast
 def test_copies_of_the_prompt_examples_are_filtered(fake_server, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     corpus = _corpus(tmp_path / "corpus.jsonl", 3, {1: "PARROT"})
@@ -234,8 +246,7 @@ def test_copies_of_the_prompt_examples_are_filtered(fake_server, tmp_path, monke
     assert read_jsonl(tmp_path / "q.failures.jsonl")[0]["reason"] == "filtered: example_copy"
 
 
-@pytest.mark.skipif(not hasattr(ChatReply(), "finish_reason"),
-                    reason="needs ChatReply.finish_reason from the llm branch (not merged on this branch yet)")
+@pytest.mark.fast
 def test_reply_cut_at_the_token_limit_is_retried_with_twice_the_limit(fake_server, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     corpus = _corpus(tmp_path / "corpus.jsonl", 3, {0: "LONG", 1: "ENDLESS"})
@@ -250,14 +261,15 @@ def test_reply_cut_at_the_token_limit_is_retried_with_twice_the_limit(fake_serve
 
 
 # ---------------------------------------------------------------- SIGKILL midway, rerun, every passage exactly once
+@pytest.mark.timeout(60)
 def test_sigkill_and_resume(fake_server, tmp_path):
+    "A real process killed midway (raw `Popen`), then rerun as a process: what a kill leaves is the point."
     n = 40
     corpus = _corpus(tmp_path / "corpus.jsonl", n)
     out = tmp_path / "q.jsonl"
     env = {**os.environ, "OPENAI_API_KEY": SECRET, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-c", "import sys; from archivesrag.pipeline import main; sys.exit(main())", "gen-query",
-           "--input_file", str(corpus), "--output_file", str(out), "--base_url", fake_server, "--model", "fake",
-           "--concurrency", "1"]
+    cmd = [sys.executable, "-c", CLI_CODE, "gen-query", "--input_file", str(corpus), "--output_file", str(out),
+           "--base_url", fake_server, "--model", "fake", "--concurrency", "1"]
     _Handler.delay = 0.15
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -297,6 +309,7 @@ def _valid(records, passages):
         assert r["doc_id"] == by_id[r["id"]]["doc_id"] and r["fonds"] == by_id[r["id"]]["fonds"]
 
 
+@pytest.mark.timeout(180)
 def test_local_backend_on_sample_slice(sample_slice, tmp_path):
     llm = get_llm("local")
     s = generate_queries(sample_slice, tmp_path / "q.jsonl", llm=llm, max_passage_words=60, verbose=False)
@@ -306,6 +319,7 @@ def test_local_backend_on_sample_slice(sample_slice, tmp_path):
     assert s["usage"]["requests"] >= len(sample_slice) and s["cost_usd"] is None
 
 
+@pytest.mark.timeout(240)
 def test_openai_backend_on_sample_slice(llama_server, sample_slice, tmp_path):
     llm = get_llm("openai", model="smollm2", base_url=llama_server, concurrency=2)
     s = generate_queries(sample_slice, tmp_path / "q.jsonl", llm=llm, prompt=FEW_SHOT_PROMPT,
@@ -316,6 +330,7 @@ def test_openai_backend_on_sample_slice(llama_server, sample_slice, tmp_path):
     assert s["llm"].startswith("openai:smollm2")
 
 
+@pytest.mark.fast
 def test_openai_default_prompt_is_the_seeds():
     from archivesrag.queries import default_prompt
     from archivesrag.llm import OpenAILLM
@@ -323,6 +338,7 @@ def test_openai_default_prompt_is_the_seeds():
     assert QUERY_PROMPT.startswith("You are a smart and helpful assistant.\n    Your mission is")
 
 
+@pytest.mark.fast
 def test_sample_queries_cover_the_sample_archive():
     sq = load_sample_queries()
     ds = load_sample(verbose=False)

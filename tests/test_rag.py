@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from archivesrag.corpus import InputError, load_corpus, read_jsonl, sample_path, write_jsonl
+from archivesrag.core import InputError, read_jsonl, write_jsonl
+from archivesrag.corpus import load_corpus, sample_path
 from archivesrag.llm import get_llm
 from archivesrag.rag import (NO_ANSWER, RECIPE_SAMPLING, RULES, SMALL_MODEL_EXAMPLE, SMALL_MODEL_SAMPLING,
                              SMALL_MODEL_SYSTEM_MESSAGE, SYSTEM_MESSAGE, answer, answer_checks, build_messages,
@@ -22,8 +23,6 @@ SEED_SYSTEM_MESSAGE = """You are a helpful assistant for answering questions. Yo
 InterPARES Trust AI (2021-2026) is a multi-national interdisciplinary project aiming to design, develop, and leverage Artificial Intelligence to support the ongoing availability and accessibility of trustworthy public records by forming a sustainable, ongoing partnership producing original research, training students and other highly qualified personnel (HQP), and generating a virtuous circle between academia, archival institutions, government records professionals, and industry, a feedback loop reinforcing the knowledge and capabilities of each party.
 Use the following context elements to answer the question.
 """
-
-
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +41,12 @@ def index_dir(tmp_path_factory):
 def index(index_dir): return SearchIndex.load(index_dir)
 
 
+@pytest.mark.fast
 def test_system_message_is_the_seeds():
     assert SYSTEM_MESSAGE == SEED_SYSTEM_MESSAGE
 
 
+@pytest.mark.fast
 def test_format_prompt_accepts_the_seeds_columns_and_our_results(index):
     scores, examples = index.search_examples("building permit files", k=2)  # the seed's (scores, dict of columns)
     from_columns = format_prompt("How long are permits kept?", examples, 2)
@@ -55,6 +56,7 @@ def test_format_prompt_accepts_the_seeds_columns_and_our_results(index):
     assert from_columns.startswith("Question: How long are permits kept?\nContext:\n<context>\n") and from_columns.endswith(RULES)
 
 
+@pytest.mark.fast
 def test_injection_stays_inside_the_delimited_context(index):
     results = index.search(QUESTION, k=3)
     assert results[0]["id"] == "ARC-9999#0"  # the planted record is retrieved first
@@ -76,14 +78,17 @@ def test_injection_stays_inside_the_delimited_context(index):
 # vLLM cannot run on these machines; `build_messages` only reads its name, context window and tokenizer
 VLLM_STAND_IN = SimpleNamespace(name="vllm:meta-llama/Meta-Llama-3-8B-Instruct", context_window=8192,
                                 count_tokens=lambda s: max(1, len(s) // 4))
+# `build_messages` and `sampling_for` send nothing: an openai backend pointed where nothing listens is the real client
+UNSERVED = "http://127.0.0.1:9/v1"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("backend", ["none", "local", "openai", "vllm"])
 @pytest.mark.parametrize("plain", [None, True, False])
-def test_no_passage_text_in_any_system_message(index, request, backend, plain):
+def test_no_passage_text_in_any_system_message(index, backend, plain):
     "Every backend and prompt format: no passage text in the system turn, and the data-not-instructions rule is there."
     llm = {"none": lambda: None, "local": lambda: get_llm("local"), "vllm": lambda: VLLM_STAND_IN,
-           "openai": lambda: get_llm(base_url=request.getfixturevalue("llama_server"), model="smollm2")}[backend]()
+           "openai": lambda: get_llm(base_url=UNSERVED, model="smollm2")}[backend]()
     results = index.search(QUESTION, k=3)
     messages = build_messages(QUESTION, results, k=3, llm=llm, plain=plain)
     small = plain if plain is not None else backend == "local"
@@ -100,6 +105,7 @@ def test_no_passage_text_in_any_system_message(index, request, backend, plain):
         assert "not instructions" in RULES and len(messages) == 2
 
 
+@pytest.mark.fast
 def test_token_budget_uses_the_llms_tokenizer(index):
     llm = get_llm("local")
     results = index.search("appraisal of building permit files", k=5, retrieval="dense")
@@ -114,6 +120,7 @@ def test_token_budget_uses_the_llms_tokenizer(index):
         format_prompt("How long are permits kept?", results, 5, token_budget=20, count_tokens=llm.count_tokens)
 
 
+@pytest.mark.fast
 def test_small_local_model_gets_a_plain_prompt(index):
     llm = get_llm("local")
     results = index.search("appraisal of building permit files", k=3, retrieval="dense")
@@ -134,24 +141,27 @@ def test_small_local_model_gets_a_plain_prompt(index):
     assert build_messages("How long are permits kept?", results, llm=llm, plain=False)[0]["content"] == SYSTEM_MESSAGE
 
 
+@pytest.mark.fast
 def test_nothing_relevant_says_so_without_calling_the_llm(index):
     # an LLM that cannot answer (nothing listens on port 9): if `answer` called it, the reply would carry an error
-    unreachable = get_llm("openai", model="none", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2)
+    unreachable = get_llm("openai", model="none", base_url=UNSERVED, max_retries=0, timeout=2)
     res = answer("What is the boiling point of mercury?", index, llm=unreachable, k=3)
     assert res["grounded"] is False and res["passages"] == [] and res["error"] is None
     assert res["answer"].startswith(NO_ANSWER.split("(")[0]) and res["best_score"] < res["min_score"]
     assert unreachable.usage["requests"] == 0
 
 
-def test_sampling_defaults_per_backend(llama_server):
+@pytest.mark.fast
+def test_sampling_defaults_per_backend():
     assert RECIPE_SAMPLING["temperature"] == 0.8 and RECIPE_SAMPLING["top_p"] == 0.95  # the original recipe's
-    assert sampling_for(get_llm(base_url=llama_server, model="smollm2")) == RECIPE_SAMPLING
+    assert sampling_for(get_llm(base_url=UNSERVED, model="smollm2")) == RECIPE_SAMPLING
     assert sampling_for(VLLM_STAND_IN) == RECIPE_SAMPLING
     small = sampling_for(get_llm("local"))
     assert small == SMALL_MODEL_SAMPLING and small["temperature"] < 0.8 and small["repeat_penalty"] > 1 and small["stop"]
     assert sampling_for(VLLM_STAND_IN, temperature=0.2, top_p=None) == {**RECIPE_SAMPLING, "temperature": 0.2}
 
 
+@pytest.mark.fast
 def test_sources_list_only_what_the_answer_cites():
     assert label_sources("Ten years [ARC-0002#0].", ["ARC-0002#0"], ["ARC-0001#0", "ARC-0002#0"]) == (
         "Ten years [ARC-0002#0].\n\nSources: [ARC-0002#0]\nRetrieved, not cited: [ARC-0001#0]")
@@ -173,6 +183,7 @@ def _check_answer_shape(res):
     assert (res["error"] is None) == (res["finish_reason"] == "stop")
 
 
+@pytest.mark.timeout(300)
 def test_openai_backend_against_llama_server(llama_server, index):
     llm = get_rag_llm("openai", model="smollm2", base_url=llama_server)
     res = answer("How long are building permit files kept?", index, llm=llm, k=2, max_tokens=60)
@@ -182,8 +193,9 @@ def test_openai_backend_against_llama_server(llama_server, index):
     assert res["messages"][0]["content"] == SYSTEM_MESSAGE and "<context>" in res["messages"][1]["content"]
 
 
+@pytest.mark.timeout(60)
 def test_local_answer_with_a_planted_instruction(index):
-    res = answer(QUESTION, index, llm=get_llm("local"), k=3)  # the planted record is retrieved first
+    res = answer(QUESTION, index, llm=get_llm("local"), k=3, mode="generated")  # the planted record is retrieved first
     assert res["passages"][0] == "ARC-9999#0" and res["sampling"] == SMALL_MODEL_SAMPLING
     _check_answer_shape(res)  # what the 135M model says differs between machines: only the shape is checked
     with pytest.raises(InputError, match="question is empty"):
@@ -192,6 +204,7 @@ def test_local_answer_with_a_planted_instruction(index):
         answer("permits \ud800", index)
 
 
+@pytest.mark.timeout(120)
 def test_ask_cli_offline(index_dir, tmp_path):
     r = _cli("ask", "How long are building permit files kept?", "--k", "2", "--index_dir", str(index_dir),
              "--backend", "local", cwd=tmp_path)
@@ -208,6 +221,7 @@ def test_ask_cli_offline(index_dir, tmp_path):
     assert off.returncode == 0 and "could not find anything relevant" in off.stdout
 
 
+@pytest.mark.fast
 def test_ask_help_shows_the_sampling_flags(tmp_path):
     r = _cli("ask", "--help", cwd=tmp_path)
     assert r.returncode == 0
@@ -215,6 +229,7 @@ def test_ask_help_shows_the_sampling_flags(tmp_path):
         assert flag in r.stdout, flag
 
 
+@pytest.mark.fast
 def test_ask_cli_errors(tmp_path, index_dir):
     broken = tmp_path / "broken-index"  # a crash during save leaves files but no manifest.json
     broken.mkdir()
@@ -222,8 +237,8 @@ def test_ask_cli_errors(tmp_path, index_dir):
     r = _cli("ask", "anything", "--index_dir", str(broken), cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "not a complete search index" in r.stderr.strip().splitlines()[-1]
-    r = _cli("ask", "anything", "--index_dir", str(index_dir), "--backend", "local", "--model", str(tmp_path / "nope.gguf"),
-             "--min_score", "-1", cwd=tmp_path)
+    r = _cli("ask", "anything", "--index_dir", str(index_dir), "--generate", "--backend", "local", "--model",
+             str(tmp_path / "nope.gguf"), "--min_score", "-1", cwd=tmp_path)
     assert r.returncode == 2 and "no such GGUF file" in r.stderr.strip().splitlines()[-1]
     for question, says in [("   ", "question is empty"), ("permits \udced\udca0\udc80 kept", "lone surrogate"),
                            ("permits", "--top_p")]:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from archivesrag.corpus import InputError, load_corpus, read_jsonl, sample_path, write_jsonl
+from archivesrag.core import InputError, read_jsonl, write_jsonl
+from archivesrag.corpus import load_corpus, sample_path
 from helpers import http_server, reply_chat_completion, run_cli
 
+pytestmark = pytest.mark.timeout(120)  # a real server on 127.0.0.1: a request that hangs fails the test, not the run
 KEY = "KEY-test-SECRET-0123456789"  # not shaped like "sk-…": only the OPENAI_API_KEY rule of `scrub` can catch it
 
 
@@ -234,10 +236,10 @@ def test_a_hard_link_to_the_input_is_refused_as_output(tmp_path, server):
 
 @pytest.mark.fast
 def test_a_second_writer_through_a_symlink_is_refused(tmp_path, server):  # CW4
-    from archivesrag.queries import _output_lock
+    from archivesrag.core import output_lock
     corpus, real = _corpus(tmp_path / "corpus.jsonl"), tmp_path / "q.jsonl"
     (tmp_path / "alias.jsonl").symlink_to(real)
-    with _output_lock(real):  # the first writer, here in this process: flock is per open file, not per process
+    with output_lock(real):  # the first writer, here in this process: flock is per open file, not per process
         r = run_cli("gen-query", "--input_file", corpus, "--output_file", tmp_path / "alias.jsonl", "--base_url",
                     server, "--model", "fake", cwd=tmp_path)
     _refused(r, "another run is writing this file", cmd="gen-query")
@@ -308,7 +310,7 @@ def test_scrub_keeps_words_and_placeholder_keys(monkeypatch):
 
 # ---------------------------------------------------------------- the API
 @pytest.mark.fast
-def test_build_messages_with_text_none_names_the_field():  # cf. API12 (rag.format_prompt is 06_rag's)
-    from archivesrag.queries import build_messages
+def test_query_messages_with_text_none_names_the_field():  # cf. API12 (rag.format_prompt is 06_rag's)
+    from archivesrag.queries import query_messages
     with pytest.raises(InputError, match="'text' must be a string, not NoneType"):
-        build_messages(None)
+        query_messages(None)

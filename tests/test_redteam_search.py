@@ -8,18 +8,19 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from archivesrag.corpus import InputError, corpus_fingerprint, load_passages, read_jsonl, sample_path, write_jsonl
+from archivesrag.core import InputError, output_lock, read_jsonl, write_jsonl
+from archivesrag.corpus import corpus_fingerprint, load_passages, sample_path
 from archivesrag.models import resolve_embedder
 from archivesrag.rag import NO_PASSAGE, answer
 from archivesrag.retrieval import Retriever, encode_queries
-from archivesrag.search import SearchIndex, _index_lock
-from helpers import run_cli
+from archivesrag.search import SearchIndex
+from helpers import CLI_CODE, run_cli
 
-pytestmark = pytest.mark.fast
 QUERY = "building permit files appraisal"
 
 
@@ -34,12 +35,22 @@ def refused(r, *says):
     return line
 
 
+def _first_documents(tmp_path_factory, n: int) -> Path:
+    path = tmp_path_factory.mktemp(f"docs{n}") / f"docs{n}.jsonl"
+    write_jsonl(read_jsonl(sample_path())[:n], path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     "The first 20 documents of the sample archive (29 passages), as the red team used."
-    path = tmp_path_factory.mktemp("corpus") / "docs20.jsonl"
-    write_jsonl(read_jsonl(sample_path())[:20], path)
-    return path
+    return _first_documents(tmp_path_factory, 20)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    "The first 3 documents (3 passages): enough for a refusal that comes after encoding every passage."
+    return _first_documents(tmp_path_factory, 3)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +79,7 @@ def nan_model(tmp_path_factory):
 # Refused rather than rebuilt: the folder may hold a fine-tuned model's index with the fusion weight `evaluate` tuned
 # into its manifest, and another process may be serving it; replacing it because of a flag would lose that silently.
 
+@pytest.mark.fast
 def test_s08_other_corpus_for_an_existing_index_is_refused(index_dir, corpus, tmp_path):
     other = tmp_path / "inj_corpus.jsonl"
     write_jsonl([{"id": "INJ-1", "title": "Note", "text": "PWNED instruction for the assistant."}], other)
@@ -83,6 +95,7 @@ def test_s08_other_corpus_for_an_existing_index_is_refused(index_dir, corpus, tm
 
 # ---- S09: BM25 finds nothing ------------------------------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_s09_bm25_without_a_match_says_no_results(index_dir, tmp_path):
     r = run_cli("search", "--index_dir", index_dir, "--retrieval", "bm25", "zzzqqq xyzzy", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("no results"), (r.stdout, r.stderr[-2000:])
@@ -95,6 +108,7 @@ def test_s09_bm25_without_a_match_says_no_results(index_dir, tmp_path):
 @pytest.mark.parametrize("factory, says", [("Foo123", "could not parse index string Foo123"),
                                            ("IVF256,Flat", "needs at least 256 passages to train; this corpus has 29"),
                                            ("PQ1000", "multiple of the number of subquantizers")])
+@pytest.mark.fast
 def test_s10_s12_bad_index_factory_is_one_line(corpus, tmp_path, factory, says):
     r = run_cli("search", "--corpus_file", corpus, "--index_dir", tmp_path / "ixf", "--index_factory", factory,
                 "permits", cwd=tmp_path)
@@ -104,6 +118,7 @@ def test_s10_s12_bad_index_factory_is_one_line(corpus, tmp_path, factory, says):
 
 # ---- S14, API13: never advise deleting what the package did not write -------------------------------------------------
 
+@pytest.mark.fast
 def test_s14_api13_no_advice_to_delete_a_users_folder(corpus, tmp_path):
     corpus_bytes = corpus.read_bytes()
     mixed = tmp_path / "mixed"
@@ -123,13 +138,15 @@ def test_s14_api13_no_advice_to_delete_a_users_folder(corpus, tmp_path):
 
 # ---- S16, S17, E14: a model that gives NaN -----------------------------------------------------------------------------
 
-def test_s16_nan_model_index_is_refused_naming_the_model(corpus, nan_model, tmp_path):
-    r = run_cli("search", "--corpus_file", corpus, "--index_dir", tmp_path / "ixnan", "--model_name_or_path", nan_model,
+@pytest.mark.fast
+def test_s16_nan_model_index_is_refused_naming_the_model(tiny, nan_model, tmp_path):
+    r = run_cli("search", "--corpus_file", tiny, "--index_dir", tmp_path / "ixnan", "--model_name_or_path", nan_model,
                 "--retrieval", "dense", "building permit files", cwd=tmp_path)
     refused(r, "non-finite embeddings", str(nan_model))
     assert not (tmp_path / "ixnan").exists()
 
 
+@pytest.mark.fast
 def test_s17_nan_query_vectors_are_refused(index, nan_model):
     from sentence_transformers import SentenceTransformer
     broken = SentenceTransformer(str(nan_model), device="cpu")
@@ -138,12 +155,13 @@ def test_s17_nan_query_vectors_are_refused(index, nan_model):
     with pytest.raises(InputError, match="non-finite"): r.search("building permit files", k=3, retrieval="hybrid")
 
 
-def test_e14_evaluate_with_a_nan_model_is_one_line(corpus, nan_model, tmp_path):
-    ids = {r["doc_id"] for r in read_jsonl(corpus)}
+@pytest.mark.fast
+def test_e14_evaluate_with_a_nan_model_is_one_line(tiny, nan_model, tmp_path):
+    ids = {r["doc_id"] for r in read_jsonl(tiny)}
     from archivesrag.queries import sample_queries_path
     queries = [q for q in read_jsonl(sample_queries_path()) if q["id"].split("#")[0] in ids]
     write_jsonl(queries, tmp_path / "queries.jsonl")
-    r = run_cli("evaluate", "--queries_file", tmp_path / "queries.jsonl", "--corpus_file", corpus, "--no_plots",
+    r = run_cli("evaluate", "--queries_file", tmp_path / "queries.jsonl", "--corpus_file", tiny, "--no_plots",
                 "--output_dir", tmp_path / "ev", "--model_name_or_path", nan_model, "--cache_dir", tmp_path / "cache",
                 cwd=tmp_path)
     refused(r, "non-finite embeddings", "nan-model")
@@ -151,6 +169,7 @@ def test_e14_evaluate_with_a_nan_model_is_one_line(corpus, nan_model, tmp_path):
 
 # ---- X13 and the format before checksums --------------------------------------------------------------------------------
 
+@pytest.mark.fast
 def test_x13_zeroed_faiss_of_the_right_size_is_refused(index_dir, tmp_path):
     copy = tmp_path / "ix13"
     shutil.copytree(index_dir, copy)
@@ -165,6 +184,7 @@ def test_x13_zeroed_faiss_of_the_right_size_is_refused(index_dir, tmp_path):
     assert all(len(v) == 64 for v in manifest["sha256"].values())
 
 
+@pytest.mark.fast
 def test_index_without_checksums_is_refused_with_the_rebuild_command(index_dir, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(index_dir, old)
@@ -175,6 +195,7 @@ def test_index_without_checksums_is_refused_with_the_rebuild_command(index_dir, 
             "before the manifest kept checksums", f"rebuild it: delete {old} and run `archivesrag search --index_dir {old}")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("damage", ["arrow zeroed", "bm25 file deleted", "passages edited"])
 def test_other_damage_still_one_line(index_dir, tmp_path, damage):
     copy = tmp_path / "ix"
@@ -192,8 +213,9 @@ def test_other_damage_still_one_line(index_dir, tmp_path, damage):
 
 # ---- CC, API-RB: one writer at a time, readers see one whole index -------------------------------------------------------
 
+@pytest.mark.fast
 def test_cc_a_second_builder_is_refused(corpus, tmp_path):
-    with _index_lock(tmp_path / "ixc"):  # another run is building it
+    with output_lock(tmp_path / "ixc"):  # another run is building it: it holds ixc.lock
         refused(run_cli("search", "--corpus_file", corpus, "--index_dir", tmp_path / "ixc", "permits", cwd=tmp_path),
                 "another run is building or saving this index", "ixc.lock")
         tiny = SearchIndex.build([{"id": "a", "text": "Building permits are kept ten years."}])
@@ -201,11 +223,12 @@ def test_cc_a_second_builder_is_refused(corpus, tmp_path):
     assert not (tmp_path / "ixc").exists() and not (tmp_path / "ixc.lock").exists()
 
 
+@pytest.mark.timeout(120)
 def test_cc_two_concurrent_builds_never_both_succeed(corpus, tmp_path):
+    "Two processes at once (a raw `Popen` each: `run_cli` waits for its command); not in the fast tier (~20 s)."
     rev = tmp_path / "corpus_rev.jsonl"
     write_jsonl(read_jsonl(corpus)[::-1], rev)
-    code = "import sys; from archivesrag.pipeline import main; sys.exit(main(sys.argv[1:]))"
-    procs = [subprocess.Popen([sys.executable, "-c", code, "search", "--corpus_file", str(c), "--index_dir",
+    procs = [subprocess.Popen([sys.executable, "-c", CLI_CODE, "search", "--corpus_file", str(c), "--index_dir",
                                str(tmp_path / "ixc"), "permits"], cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in (corpus, rev)]
     outs = [(p.wait(timeout=600), *p.communicate()) for p in procs]
@@ -231,7 +254,9 @@ print(n)
 """
 
 
+@pytest.mark.timeout(180)
 def test_api_rb_a_reader_never_sees_a_mix_of_two_saves(corpus, index_dir, tmp_path):
+    "A writer process saving for 12 s while this one reads: not in the fast tier."
     rev = tmp_path / "rev"
     passages = load_passages(corpus)
     SearchIndex.build(passages.select(range(len(passages) - 1, -1, -1))).save(rev)  # same passages, reversed
@@ -265,6 +290,7 @@ def test_api_rb_a_reader_never_sees_a_mix_of_two_saves(corpus, index_dir, tmp_pa
                                           (dict(depth=0), "depth must be a whole number of at least 1, got 0"),
                                           (dict(query=12345), "the query must be a string or a list of strings, got int"),
                                           (dict(query=None), "the query must be a string or a list of strings, got NoneType")])
+@pytest.mark.fast
 def test_api06_api11_search_arguments(index, kwargs, says):
     kwargs = {"query": "permits", **kwargs}
     with pytest.raises(InputError) as e: index.search(**kwargs)
@@ -272,6 +298,7 @@ def test_api06_api11_search_arguments(index, kwargs, says):
     with pytest.raises(InputError): index.retriever.search(kwargs.pop("query"), **kwargs)
 
 
+@pytest.mark.fast
 def test_own_probes_search(index, index_dir, tmp_path):
     with pytest.raises(InputError, match="none of the 1 passages has a word BM25 indexes"):
         SearchIndex.build([{"id": "a", "text": "x y z"}])  # single letters only: bm25s crashed on its empty vocabulary
@@ -298,16 +325,19 @@ class NoLLM:
                                           (dict(k=-1), "k must be a whole number of at least 1, got -1"),
                                           (dict(min_score=math.nan), "min_score must be a cosine score between -1 and 1, got nan"),
                                           (dict(min_score=2), "min_score must be a cosine score between -1 and 1, got 2")])
+@pytest.mark.fast
 def test_api15_api16_answer_refuses_bad_settings(index, kwargs, says):
     with pytest.raises(InputError) as e: answer("How long are building permit files kept?", index, llm=NoLLM(), **kwargs)
     assert says in str(e.value)
 
 
+@pytest.mark.fast
 def test_answer_without_a_passage_does_not_call_the_llm(index):
     res = answer("zzzqqq xyzzy", index, llm=NoLLM(), retrieval="bm25", min_score=-1)  # BM25 finds nothing at all
     assert res["answer"] == NO_PASSAGE.format(retrieval="bm25") and res["grounded"] is False and res["passages"] == []
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("value", ["nan", "2", "-1.5"])
 def test_a03_ask_min_score_out_of_range_is_refused(index_dir, tmp_path, value):
     r = run_cli("ask", "--index_dir", index_dir, "--base_url", "http://127.0.0.1:9/v1", "--model", "none",
@@ -315,6 +345,7 @@ def test_a03_ask_min_score_out_of_range_is_refused(index_dir, tmp_path, value):
     refused(r, "--min_score must be a cosine score between -1 and 1")
 
 
+@pytest.mark.fast
 def test_ask_bm25_without_a_match_says_no_passage(index_dir, tmp_path):
     r = run_cli("ask", "--index_dir", index_dir, "--base_url", "http://127.0.0.1:9/v1", "--model", "none",
                 "--retrieval", "bm25", "--min_score", "-1", "zzzqqq xyzzy", cwd=tmp_path)

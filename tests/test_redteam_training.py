@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import run_cli
+from helpers import CLI_CODE, run_cli
 
 PASSAGES = ["Building permit files are kept for ten years after the permit closes.",
             "Payroll registers are retained for seven years, then destroyed.",
@@ -171,23 +171,25 @@ def test_train_output_dir_that_is_a_file(files):
 @pytest.mark.fast
 def test_train_refuses_a_folder_another_training_holds(files):
     "TC: the lock is held for the whole run; a second training into the folder is refused at once."
-    from archivesrag.queries import _output_lock
+    from archivesrag.core import output_lock
     out = files["dir"] / "model"
-    with _output_lock(out):
+    with output_lock(out):
         r = run_cli("train", "--output_dir", out, "--train_data", files["mined"], *TINY, "--max_steps", "1")
     one_line_error(r, "train", str(out), "another training is writing this folder", "--output_dir")
     assert not out.exists()
 
 
+@pytest.mark.timeout(180)
 def test_two_trainings_into_one_folder_at_once(files):
-    "TC as the red team ran it: two real trainings started together; one finishes, the other is refused."
+    "TC as the red team ran it: two real trainings started together (the first a process of its own, a raw `Popen`"
+    " that runs while the second starts); one finishes, the other is refused."
     out = files["dir"] / "cc"
-    cmd = [sys.executable, "-c", "import sys; from archivesrag.pipeline import main; sys.exit(main(sys.argv[1:]))",
-           "train", "--output_dir", str(out), "--train_data", str(files["mined"]), *TINY, "--max_steps", "2"]
-    first = subprocess.Popen(cmd + ["--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["train", "--output_dir", str(out), "--train_data", str(files["mined"]), *TINY, "--max_steps", "2"]
+    first = subprocess.Popen([sys.executable, "-c", CLI_CODE, *args, "--seed", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (files["dir"] / "cc.lock").exists() and first.poll() is None and time.time() < deadline: time.sleep(0.2)
-    second = subprocess.run(cmd + ["--seed", "2"], capture_output=True, text=True, timeout=600)
+    second = run_cli(*args, "--seed", "2")  # here, while the first process trains
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     line = one_line_error(second, "train", str(out))
@@ -196,6 +198,7 @@ def test_two_trainings_into_one_folder_at_once(files):
     assert state["global_step"] == 2 and (out / "README.md").exists() and not (files["dir"] / "cc.lock").exists()
 
 
+@pytest.mark.timeout(120)
 def test_train_that_diverges_saves_no_model(files):
     "T12: weights that became NaN or infinite are refused after training; the folder does not look finished."
     out = files["dir"] / "model"

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from archivesrag.corpus import InputError, load_sample, save_corpus, write_jsonl
-from archivesrag.evaluation import evaluate, evaluate_systems, queries_from_records, tuned_fusion_weight
-from archivesrag.negatives import save_split, select_queries, split_by_document
+from archivesrag.core import InputError, markdown_table, write_jsonl
+from archivesrag.corpus import load_sample, save_corpus
+from archivesrag.evaluation import evaluate, evaluate_systems, queries_from_records, tuned_fusion_weight, visible_corpus
+from archivesrag.splits import save_split, split_by_document
 from archivesrag.queries import load_sample_queries
 from archivesrag.retrieval import (Rankings, Retriever, bm25_search, build_bm25, check_queries, encode_cached,
-                                   flat_index, fuse, markdown_table, model_identity, passage_texts)
+                                   flat_index, fuse, model_identity, passage_texts)
 from archivesrag.search import SearchIndex
 from helpers import run_cli
 
@@ -36,12 +37,13 @@ def part():
 
 def _ranx_fused(dense, lexical, method, weight):
     from ranx import Run, fuse as ranx_fuse
-    def run(s, r, ok): return Run({str(n): {str(j): float(x) for j, x, v in zip(r[n], s[n], ok[n]) if v} for n in range(len(r))})
-    runs = [run(*dense, dense[1] >= 0), run(*lexical, (lexical[1] >= 0) & (lexical[0] > 0))]
+    def run(r, s, ok): return Run({str(n): {str(j): float(x) for j, x, v in zip(r[n], s[n], ok[n]) if v} for n in range(len(r))})
+    runs = [run(*dense, dense[0] >= 0), run(*lexical, (lexical[0] >= 0) & (lexical[1] > 0))]
     if method == "wsum": return ranx_fuse(runs, norm="min-max", method="wsum", params={"weights": [weight, 1 - weight]}).to_dict()
     return ranx_fuse(runs, norm=None, method="rrf", params={"k": 60}).to_dict()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("method,weight", [("wsum", 0.3), ("wsum", 0.7), ("rrf", 0.5)])
 def test_numpy_fusion_equals_ranx(method, weight):
     rng = np.random.default_rng(0)
@@ -52,27 +54,29 @@ def test_numpy_fusion_equals_ranx(method, weight):
     l_sc = -np.sort(-rng.random((nq, k)) * 10, axis=1)
     l_sc[2, 5:] = 0.0    # BM25 found only 5 passages for query 2 (score 0 = no common word)
     d_rows[3, 9:] = -1   # faiss padded query 3
-    ours = fuse((d_sc, d_rows), (l_sc, l_rows), weight, method)
-    theirs = _ranx_fused((d_sc, d_rows), (l_sc, l_rows), method, weight)
+    ours = fuse((d_rows, d_sc), (l_rows, l_sc), weight, method)  # every ranking is (rows, scores)
+    theirs = _ranx_fused((d_rows, d_sc), (l_rows, l_sc), method, weight)
     for q, (rows, scores) in enumerate(ours):
         assert set(map(str, rows)) == set(theirs[str(q)])
         assert np.allclose(scores, [theirs[str(q)][str(r)] for r in rows], atol=1e-9)
         assert (np.diff(scores) <= 1e-12).all()  # best first
 
 
+@pytest.mark.fast
 def test_fusion_edges():
-    empty_bm25 = (np.zeros((1, 3)), np.array([[0, 1, 2]]))  # no query word anywhere
-    dense = (np.array([[0.9, 0.5, 0.1]]), np.array([[2, 0, 1]]))
+    empty_bm25 = (np.array([[0, 1, 2]]), np.zeros((1, 3)))  # no query word anywhere
+    dense = (np.array([[2, 0, 1]]), np.array([[0.9, 0.5, 0.1]]))
     rows, scores = fuse(dense, empty_bm25, 0.3)[0]
     assert rows.tolist() == [2, 0, 1]  # the dense order, scaled by its weight
-    assert fuse((np.zeros((0, 3)), np.zeros((0, 3), int)), (np.zeros((0, 3)), np.zeros((0, 3), int))) == []
+    assert fuse((np.zeros((0, 3), int), np.zeros((0, 3))), (np.zeros((0, 3), int), np.zeros((0, 3)))) == []
     with pytest.raises(InputError, match="between 0 and 1"): fuse(dense, empty_bm25, 1.5)
     with pytest.raises(InputError, match="unknown fusion method"): fuse(dense, empty_bm25, 0.5, "max")
     with pytest.raises(InputError, match="no dense part"):
         Retriever(None, build_bm25(["retention schedule", "fixity check"])).select(Rankings(None, empty_bm25), 2, "dense")
 
 
-def test_check_queries_and_markdown_table():
+@pytest.mark.fast
+def test_check_queries_and_markdown_table():  # markdown_table: archivesrag.core
     assert check_queries(["a", "b"]) == ["a", "b"]
     for bad, msg in [("  \n", "empty"), ("x\ud800y", "lone surrogate"), ([3], "must be a string")]:
         with pytest.raises(InputError, match=msg): check_queries(bad)
@@ -80,12 +84,12 @@ def test_check_queries_and_markdown_table():
     assert t.splitlines() == ["| system | ndcg@10 | note |", "|---|---|---|", "| BM25 | 0.412 | a\\|b |"]
 
 
-def test_dense_search_matches_brute_force(part):
-    corpus, records = part
-    texts = passage_texts(corpus)
+@pytest.mark.fast
+def test_dense_search_matches_brute_force():
+    texts = passage_texts(load_sample(verbose=False).select(range(24)))  # a small slice: the same code at any size
     P = encode_cached(None, texts)
     r = Retriever(flat_index(P), build_bm25(texts), model=model_identity(None)[0])
-    qs = [x["query"] for x in records[:5]]
+    qs = [q["query"] for q in load_sample_queries()[:5]]
     Q = r.encode(qs)
     rows = [h[0] for h in r.search(qs, k=5, retrieval="dense")]
     assert [x.tolist() for x in rows] == np.argsort(-(Q @ P.T), axis=1)[:, :5].tolist()
@@ -96,6 +100,8 @@ def test_dense_search_matches_brute_force(part):
 
 def test_evaluate_hybrid_ranking_equals_search_index(part, tmp_path):
     corpus, records = part
+    corpus, hidden = visible_corpus(corpus)  # the sample has closed records: search hides them, so evaluation must
+    assert hidden                            # score the same passages (archive_set does this for `evaluate`)
     queries, qrels, _ = queries_from_records(records[:30], corpus)
     for weight in (0.3, 0.8):
         res = evaluate_systems(corpus, queries, qrels, {"BM25": "bm25", "base": "minilm"}, k=10, fusion_weight=weight,
