@@ -72,7 +72,7 @@ def generate(corpus, threads: int, force: bool = False) -> dict:
 
 
 def mean_interval(values, level: float = 0.95, seed: int = 0) -> dict:
-    "Mean of per-query scores with a percentile bootstrap interval (scipy, as `evaluation.paired_bootstrap`)."
+    "Mean of per-query scores with a percentile bootstrap interval (scipy, as `metrics.paired_bootstrap`)."
     import numpy as np
     from scipy.stats import bootstrap
     v = np.asarray(values, dtype=np.float64)
