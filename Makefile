@@ -65,12 +65,18 @@ export:
 
 # Re-run the notebooks at full size (not the IN_TEST size) and keep their outputs and plots for the docs, without
 # progress bars, library warnings or this machine's paths (tools/clean_outputs.py).
+# Then every figure quoted in prose must match its output (tools/figure_check.py) and the core path must fit.
 outputs:  # from scratch: the saved outputs show first runs, not resumed ones
 	rm -rf nbs/runs/sample nbs/runs/demo
 	cd nbs && ARCHIVESRAG_FULL_RUN=1 TQDM_DISABLE=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 \
 	  ../$(BIN)/nbdev-test --n-workers 1 --save --timing
+	# the demo's results, kept for the index's results cell, which then re-runs to print them
+	$(BIN)/python tools/keep_demo_results.py nbs/runs/demo bench/results/demo
+	cd nbs && ../$(BIN)/nbdev-test index.ipynb --save
 	$(BIN)/python tools/clean_outputs.py nbs/*.ipynb
 	$(BIN)/nbdev-clean
+	$(BIN)/python tools/figure_check.py
+	$(BIN)/python tools/course_words.py
 
 # Render every notebook to HTML as saved (nbconvert) and screenshot each with headless Chromium (apt-get install
 # chromium): the pages a reader of the docs sees, to look at before a release.

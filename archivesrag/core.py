@@ -1,4 +1,4 @@
-"""Step 0 (shared): one error type, JSON and JSON Lines read and written one way, one lock per output, data and cache paths.
+"""Step 0 (shared): one error type, one way to read and write JSON, one lock per output, one place for data and caches.
 
 Docs: https://archivesrag.github.io/archivesrag/core.html.md"""
 

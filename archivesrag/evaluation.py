@@ -29,10 +29,11 @@ from .retrieval import (BM25, NO_BREADCRUMBS, NO_HELD_OUT_QUERIES, TEXT_FIELDS, 
                                    has_breadcrumbs, model_identity, passage_texts, view_fields)
 
 # %% auto #0
-__all__ = ['bm25_run', 'tune_fusion_weight', 'system_runs', 'evaluate_systems', 'queries_from_records', 'tuning_half',
-           'choose_text_view', 'text_view_line', 'EvalSet', 'collection_set', 'visible_corpus', 'archive_set',
-           'save_fusion_weight', 'tuned_fusion_weight', 'tuned_text_view', 'systems_to_compare',
-           'choose_eval_text_view', 'evaluate', 'evaluate_cli']
+__all__ = ['SERVED_DEFAULT', 'bm25_run', 'tune_fusion_weight', 'system_runs', 'evaluate_systems', 'queries_from_records',
+           'tuning_half', 'choose_text_view', 'text_view_line', 'served_label', 'choose_served', 'EvalSet',
+           'collection_set', 'visible_corpus', 'archive_set', 'save_served', 'tuned_fusion_weight', 'served_choice',
+           'tuned_text_view', 'build_served_index', 'systems_to_compare', 'choose_eval_text_view', 'evaluate',
+           'evaluate_cli']
 
 # %% ../nbs/04_evaluation.ipynb #c029b
 def bm25_run(bm25: BM25, queries: dict[str, str], corpus_ids: list[str], k: int = 100) -> dict[str, dict[str, float]]:
@@ -82,8 +83,8 @@ def system_runs(corpus, queries: dict[str, str], systems: dict[str, str], k: int
         runs[f"{name}+{bm25_name}"] = to_run(r.select(rk, k, "hybrid", weight=w), ids, qids)
         runs[f"{name}+{bm25_name} RRF"] = to_run(r.select(rk, k, "hybrid", fusion="rrf"), ids, qids)
         fusion[f"{name}+{bm25_name}"] = {"method": "wsum", "norm": "min-max", "depth": depth, "chosen": how,
-                                         "weights": {name: round(w, 3), bm25_name: round(1 - w, 3)}}
-        fusion[f"{name}+{bm25_name} RRF"] = {"method": "rrf", "k": 60, "depth": depth}
+                                         "weights": {name: round(w, 3), bm25_name: round(1 - w, 3)}, "dense": name}
+        fusion[f"{name}+{bm25_name} RRF"] = {"method": "rrf", "k": 60, "depth": depth, "dense": name}
     return runs, fusion
 
 # %% ../nbs/04_evaluation.ipynb #c035c
@@ -101,7 +102,11 @@ def evaluate_systems(corpus, queries: dict[str, str], qrels: dict, systems: dict
     runs, fusion = system_runs(corpus, {q: queries[q] for q in qrels}, systems, k, hybrid, {q: qrels[q] for q in tune},
                                fusion_weight, text_fields, query_prompt, cache_dir)
     out = evaluate_runs(report_qrels, runs, metrics)
-    weights = {n.split("+")[0]: f["weights"][n.split("+")[0]] for n, f in fusion.items() if f["method"] == "wsum"}
+    if tune and fusion:  # the fused rows on the validation queries too: what `choose_served` chooses on
+        val = evaluate_runs({q: qrels[q] for q in tune}, {n: runs[n] for n in fusion}, ["ndcg@10"])
+        out["validation"] = {"n_queries": len(tune), "metric": "ndcg@10", "per_query": val["per_query"],
+                             "systems": {n: v["ndcg@10"] for n, v in val["systems"].items()}}
+    weights = {f["dense"]: f["weights"][f["dense"]] for f in fusion.values() if f["method"] == "wsum"}
     out.update(n_queries=len(report_qrels), n_tune_queries=len(tune), fusion=fusion, fusion_weight=weights,
                n_documents=len(known), text_fields=list(view_fields(text_fields)), models={n: str(s) for n, s in systems.items()})
     if return_runs: out["runs"] = runs
@@ -191,6 +196,53 @@ def text_view_line(view: str, why) -> str:
             f"breadcrumb {s['breadcrumb']:.3f}; breadcrumb − own {d['diff']:+.3f}, {d['level']:.0%} interval "
             f"[{d['low']:+.3f}, {d['high']:+.3f}]: {noise})")
 
+# %% ../nbs/04_evaluation.ipynb #c067s_1
+SERVED_DEFAULT = "fine-tuned+BM25"
+"What search served before each index chose: the fine-tuned model + BM25, weighted sum. A tie on validation keeps it."
+
+def served_label(system: str, fusion: dict) -> str:
+    "A fused row as a reader says it: `fine-tuned + BM25 (RRF)`, `base + BM25 (weighted sum, dense weight 0.2)`."
+    f = fusion[system]
+    if f["method"] == "rrf": return f"{f['dense']} + BM25 (RRF)"
+    return f"{f['dense']} + BM25 (weighted sum, dense weight {f['weights'][f['dense']]:g})"
+
+def _interval(per_query: dict, a: str, b: str, seed: int) -> dict:
+    ci = paired_bootstrap(per_query, a, b, seed=seed)
+    return {"against": b, **{k: ci[k] for k in ("diff", "low", "high", "level")}}
+
+def choose_served(results: dict, prefer: str = SERVED_DEFAULT, seed: int = 0) -> dict:
+    """What a search index serves, chosen on the validation queries of `results` (`evaluate_systems` with `tune_qids`):
+    every dense model fused with BM25 by weighted sum (its tuned weight) and by RRF; the best nDCG@10 wins, a tie keeps
+    `prefer` (else base + BM25). `{system, model_system, model, fusion, fusion_weight, served_from}`: `served_from` holds
+    the scores, the paired bootstrap interval of best − runner-up (and − `prefer`), `within_noise` and a `reading`."""
+    fusion = results.get("fusion") or {}
+    if not fusion: raise InputError("nothing to serve: no fused system was evaluated (evaluate with --retrieval hybrid)")
+    fallback = next((n for n in (prefer, "base+BM25") if n in fusion), next(iter(fusion)))
+    def choice(best, why):
+        dense = fusion[best]["dense"]
+        return {"system": best, "model_system": dense, "model": model_identity(results["models"][dense])[0],
+                "fusion": fusion[best]["method"], "fusion_weight": results["fusion_weight"][dense],
+                "served_from": {"system": best, "label": served_label(best, fusion), "dataset": results.get("dataset"), **why}}
+    val = results.get("validation")
+    if not val or val["n_queries"] < 2:
+        return choice(fallback, {"chosen": False, "within_noise": None, "reading": f"{served_label(fallback, fusion)}: "
+                                 "the default, not chosen (no validation queries: the fusion weight was given)"})
+    scores = {n: val["systems"][n] for n in fusion}
+    best, *others = sorted(fusion, key=lambda n: (-scores[n], n != fallback))
+    second = others[0] if others else None
+    runner = _interval(val["per_query"], best, second, seed) if second else None
+    previous = _interval(val["per_query"], best, fallback, seed) if fallback not in (best, second) else None
+    noise = runner is not None and runner["low"] <= 0 <= runner["high"]
+    reading = (f"{served_label(best, fusion)}, chosen on {val['n_queries']} validation queries "
+               f"({results.get('dataset', 'this evaluation')}): nDCG@10 {scores[best]:.3f}")
+    if runner: reading += (f"; runner-up {served_label(second, fusion)} {scores[second]:.3f}, difference "
+                           f"{runner['diff']:+.3f}, {runner['level']:.0%} interval [{runner['low']:+.3f}, {runner['high']:+.3f}]: "
+                           + ("within noise, so the choice is a best guess" if noise else "more than noise"))
+    if previous: reading += f"; the previous default, {served_label(fallback, fusion)}, scored {scores[fallback]:.3f}"
+    return choice(best, {"chosen": True, "metric": "ndcg@10", "queries": val["n_queries"], "scores": scores,
+                         "runner_up": runner, "previous_default": fallback, "best_minus_previous": previous,
+                         "within_noise": noise, "reading": reading})
+
 # %% ../nbs/04_evaluation.ipynb #c053
 @dataclass
 class EvalSet:
@@ -278,19 +330,21 @@ def _write_card(model_dir: Path, results: dict, label: str) -> Path:
     from archivesrag.training import update_model_card_metrics
     return update_model_card_metrics(model_dir, {f"{name} ({label})": vals for name, vals in results["systems"].items()})
 
-def save_fusion_weight(index_dir: str | Path, results: dict) -> Path:
-    """Write the fusion weight tuned for a search index's own model into its `manifest.json` (search and ask use it),
-    and the text view chosen with it: an index that reads its passages in the other view is rebuilt in that one."""
-    from archivesrag.search import read_manifest, set_fusion_weight, set_text_view  # search owns its manifest
-    m = read_manifest(Path(index_dir))
-    mine = [n for n, s in results["models"].items() if n in results.get("fusion_weight", {}) and model_identity(s)[0] == m.get("model")]
-    if not mine: raise InputError(f"{index_dir}: this index was built with {m.get('model')}, and no evaluated model with a "
-                                  f"tuned fusion weight is that model ({', '.join(results['models'].values())})")
-    set_fusion_weight(index_dir, results["fusion_weight"][mine[0]],
-                      {"system": mine[0], "dataset": results["dataset"], "metrics_file": results.get("metrics_file")})
+def save_served(index_dir: str | Path, results: dict, verbose: bool = True) -> Path:
+    """Make the search index in `index_dir` serve what `results` chose (`choose_served`: model, fusion, weight) in the
+    text view chosen with it, recorded in its `manifest.json`; an index of another evaluated model, or read in the other
+    view, is rebuilt from its corpus file. An index whose model was not evaluated is refused: nothing was measured on it."""
+    from archivesrag.search import read_manifest, set_served  # search owns its manifest
+    m, s = read_manifest(Path(index_dir)), results.get("served")
+    if not any(model_identity(x)[0] == m.get("model") for x in results["models"].values() if str(x).lower() != "bm25"):
+        raise InputError(f"{index_dir}: this index was built with {m.get('model')}, and no evaluated model is that model "
+                         f"({', '.join(results['models'].values())}); evaluate it too (--model_name_or_path), or build the index anew")
+    if not s: raise InputError(f"{index_dir}: this evaluation chose nothing to serve (no fused rows: use --retrieval hybrid)")
     view, why = results.get("text_view"), results.get("text_view_from")
-    if view and (isinstance(why, dict) or why == "given"):  # chosen on held-out queries, or asked for: the index reads it
-        set_text_view(index_dir, view, why)
+    keep = view if view and (isinstance(why, dict) or why == "given") else None  # chosen on held-out queries, or asked for
+    set_served(index_dir, s["model"], s["fusion"], s["fusion_weight"], {**s["served_from"], "metrics_file": results.get("metrics_file")},
+               text_view=keep, text_view_from=why if keep else None, verbose=verbose,
+               fusion_weight_from={"system": s["model_system"], "dataset": results["dataset"], "metrics_file": results.get("metrics_file")})
     return Path(index_dir) / "manifest.json"
 
 # %% ../nbs/04_evaluation.ipynb #c053c_1
@@ -298,11 +352,32 @@ def tuned_fusion_weight(metrics_file: str | Path, system: str = "fine-tuned") ->
     "The fusion weight `evaluate` chose for `system` (in `metrics.json`), or None."
     return read_json(metrics_file, "metrics file", "run `archivesrag evaluate` again").get("fusion_weight", {}).get(system)
 
+def served_choice(metrics_file: str | Path) -> dict:
+    "What `evaluate` chose to serve (`choose_served`'s dict, kept in `metrics.json`)."
+    res = read_json(metrics_file, "metrics file", "run `archivesrag evaluate` again")
+    if not res.get("served"): raise InputError(f"{metrics_file}: no served choice (made before it existed, or without "
+                                               "--retrieval hybrid); run `archivesrag evaluate` again")
+    return res["served"]
+
 # %% ../nbs/04_evaluation.ipynb #c053c_2
 def tuned_text_view(metrics_file: str | Path) -> tuple[str | None, dict | str | None]:
     "`(text_view, text_view_from)` that `evaluate` chose (in `metrics.json`), for `SearchIndex.build`; `(None, None)` if none."
     m = read_json(metrics_file, "metrics file", "run `archivesrag evaluate` again")
     return m.get("text_view"), m.get("text_view_from")
+
+def build_served_index(corpus_file, metrics_file, index_dir, verbose: bool = True) -> dict:
+    """Build the search index of `corpus_file` that serves what `evaluate` chose (`metrics_file`): its model, fusion
+    method and weight, and text view, with `served_from` in the manifest; save it to `index_dir`. Returns the manifest."""
+    from archivesrag.search import SearchIndex, served_line
+    s, (view, why) = served_choice(metrics_file), tuned_text_view(metrics_file)
+    index = SearchIndex.build(corpus_file, model_name_or_path=s["model"], fusion=s["fusion"], fusion_weight=s["fusion_weight"],
+                              text_view=view, text_view_from=why,
+                              served_from={**s["served_from"], "metrics_file": str(metrics_file)})
+    index.manifest["fusion_weight_from"] = {"system": s["model_system"], "dataset": s["served_from"].get("dataset"),
+                                            "metrics_file": str(metrics_file)}
+    index.save(index_dir)
+    if verbose: print(served_line(index.manifest))
+    return index.manifest
 
 # %% ../nbs/04_evaluation.ipynb #c053d
 def systems_to_compare(retrieval: str, base_model=None, model_name_or_path=None, extra_models: dict | None = None) -> dict:
@@ -363,8 +438,9 @@ def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_
              test_size: float = 0.2, seed: int = 42, cache_dir=None, plots: bool = True, verbose: bool = True,
              index_dir=None, policy: AccessPolicy | None = None, text_view: str = "auto") -> dict:
     """Compare BM25, the base and the fine-tuned embedder (+ hybrids, ranked as search ranks) on held-out or judged
-    queries. On an archive with breadcrumbs, `text_view="auto"` chooses what the passages read (own text, or
-    breadcrumb + own text) on the validation queries, reports both views, and with `index_dir` saves the choice."""
+    queries. On the validation queries it chooses what an index serves (`choose_served`: model and fusion, in
+    `metrics.json` as `served`) and, on an archive with breadcrumbs (`text_view="auto"`), what the passages read;
+    with `index_dir` it makes that index serve both (rebuilt if its model or view differs)."""
     _check_numbers(k, fusion_weight)
     if text_view is not None and text_view not in TEXT_VIEW_CHOICES:  # before anything loads
         raise InputError(f"--text_view must be one of {', '.join(TEXT_VIEW_CHOICES)}, not '{text_view}'")
@@ -382,13 +458,28 @@ def evaluate(model_name_or_path=None, base_model=None, queries_file=None, split_
     if chooser is not None:  # both views were candidates: the other one on the same reported queries, for the record
         results["text_views"] = _both_views(results, scored(next(v for v in TEXT_VIEWS if v != view)), chooser)
     results = {"dataset": data.label, **data.info, **results, "text_view_from": why, "metrics_file": str(out / data.metrics_name)}
+    if results.get("fusion"): results["served"] = choose_served(results)  # what an index of this corpus should serve
     write_json(results, out / data.metrics_name)
     if plots: results["plots"] = _save_plots(results, out / "plots", data.label)
     if model_name_or_path and (Path(model_name_or_path) / "README.md").exists():
         results["model_card"] = str(_write_card(Path(model_name_or_path), results, data.label))
-    if index_dir: results["index_manifest"] = str(save_fusion_weight(index_dir, results))
-    if verbose: print(format_table(results, title=data.label))
+    if index_dir: _serve_from_index(index_dir, results)
+    if verbose:
+        print(format_table(results, title=data.label))
+        if results.get("served"): print("serve:", results["served"]["served_from"]["reading"])
+        if results.get("index_note"): print(results["index_note"])
     return results
+
+def _serve_from_index(index_dir, results: dict):
+    "`save_served` into `results`: the manifest's path, and a note saying what the index serves (and if it was rebuilt)."
+    from archivesrag.search import manifest_text_view, read_manifest, served_line
+    before = read_manifest(Path(index_dir))
+    results["index_manifest"] = str(save_served(index_dir, results, verbose=False))
+    after = read_manifest(Path(index_dir))
+    changed = [f"{k} {before[k]} → {after[k]}" for k in ("model",) if before[k] != after[k]]
+    changed += [f"text view {a} → {b}" for a, b in [(manifest_text_view(before), manifest_text_view(after))] if a != b]
+    results["index_note"] = (f"{index_dir}: rebuilt from its corpus file ({'; '.join(changed)}); " if changed else
+                             f"{index_dir}: ") + served_line(after)
 
 def _save_plots(results: dict, folder: Path, label: str) -> list[str]:
     "Write the bar chart, the fine-tuned-vs-base wins plot and the best-system plot as PNGs under `folder`."
@@ -418,7 +509,7 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
                  retrieval: str = "hybrid",  # rows to report: dense (the embedders), bm25, or hybrid (everything, with the fused rows)
                  extra_model: Annotated[list, {"action": "append", "type": str, "metavar": "NAME=PATH"}] = None,  # another model to compare (repeatable)
                  fusion_weight: float = None,  # dense weight of the normalised score sum (default: tuned on validation queries)
-                 index_dir: str = None,  # a search index: write the weight tuned for its model into its manifest
+                 index_dir: str = None,  # a search index: make it serve the model, fusion and text view chosen on the validation queries
                  query_instruction_for_retrieval: str = None,  # instruction added to each query (as in training)
                  k: int = 100,  # retrieval depth
                  test_size: float = 0.2,  # test fraction of documents when a new split is made
@@ -447,6 +538,8 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
     for name, f in res.get("fusion", {}).items():
         if f["method"] == "wsum": print(f"{name}: weights {f['weights']} ({f['chosen']})")
     print(text_view_line(res["text_view"], res["text_view_from"]))
+    if res.get("served"): print("serve:", res["served"]["served_from"]["reading"])
+    if res.get("index_note"): print(res["index_note"])
     if both := res.get("text_views"):
         d, row = both["breadcrumb_minus_own"], both["system"]
         interval = f", {d['level']:.0%} interval [{d['low']:+.3f}, {d['high']:+.3f}]" if d else ", one query: no interval"
@@ -455,5 +548,5 @@ def evaluate_cli(model_name_or_path: str = None,  # the fine-tuned model folder 
               + (f" {d['diff']:+.3f}" if d else "") + f"{interval})")
     print(f"wrote {res['metrics_file']}" + (f" and {len(res.get('plots', []))} plots" if res.get("plots") else "")
           + (f"; updated {res['model_card']}" if res.get("model_card") else "")
-          + (f"; fusion weight saved in {res['index_manifest']}" if res.get("index_manifest") else ""))
+          + (f"; the choice saved in {res['index_manifest']}" if res.get("index_manifest") else ""))
     return 0

@@ -38,8 +38,8 @@ MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", BUNDLED_EMBEDDER_ID.lower(), "al
 # %% auto #0
 __all__ = ['FULL_MODELS', 'OFFLINE_MODELS', 'BUNDLED_EMBEDDER_ID', 'MINILM_ALIASES', 'RAG_8B_MIN_GIB', 'SMALL_GPU_RAG_LLM',
            'bundled_embedder_path', 'bundled_gguf_path', 'hub_name', 'is_offline', 'hub_revision', 'resolve_embedder',
-           'get_device', 'load_embedder', 'small_run', 'gpu_memory_gib', 'rag_model_for_gpu', 'full_recipe', 'recipe',
-           'import_faiss']
+           'get_device', 'bare_folder_note', 'load_embedder', 'small_run', 'gpu_memory_gib', 'rag_model_for_gpu',
+           'full_recipe', 'recipe', 'import_faiss']
 
 # %% ../nbs/00a_models.ipynb #c006
 def _package_dir(name: str) -> Path | None:
@@ -134,11 +134,20 @@ def get_device() -> str:
     return "cpu"
 
 # %% ../nbs/00a_models.ipynb #c008_1
+def bare_folder_note(name: str) -> str | None:
+    "A warning for a local model folder without `modules.json`, which sentence-transformers would pool by mean; else None."
+    folder = Path(name)
+    if not folder.is_dir() or (folder / "modules.json").exists(): return None
+    return (f"note: {folder} has no modules.json (a bare transformers checkpoint), so sentence-transformers pools it "
+            "by mean, which may not be how it was trained; `archivesrag train` writes these files into its models")
+
 @lru_cache(maxsize=4)
 def load_embedder(name: str | None = None, device: str | None = None):
     "A `SentenceTransformer` for `name` (resolved as above), loaded once per process and device."
     from sentence_transformers import SentenceTransformer
-    return SentenceTransformer(resolve_embedder(name), device=device or get_device())
+    name = resolve_embedder(name)
+    if note := bare_folder_note(name): print(note)
+    return SentenceTransformer(name, device=device or get_device())
 
 # %% ../nbs/00a_models.ipynb #c008_2
 def small_run() -> bool:

@@ -24,9 +24,21 @@ from .retrieval import dense_search, encode_cached, flat_index
 from .splits import held_out_ids, load_split
 
 # %% auto #0
-__all__ = ['load_training_records', 'pool_from_records', 'pool_from_passages', 'parse_range', 'sample_negatives', 'MiningRules',
-           'Pool', 'mining_inputs', 'MiningVectors', 'sample_record', 'mining_output', 'mine_hard_negatives',
-           'plot_mined_scores', 'plot_negative_ranks', 'mine_hn_cli']
+__all__ = ['MINING_SETTINGS', 'SAMPLE_RUN_FILES', 'sample_archive_queries', 'load_training_records', 'pool_from_records',
+           'pool_from_passages', 'parse_range', 'sample_negatives', 'MiningRules', 'Pool', 'mining_inputs',
+           'MiningVectors', 'sample_record', 'mining_output', 'mine_hard_negatives', 'mine_training_split',
+           'make_sample_run', 'sample_run_ready', 'plot_mined_scores', 'plot_negative_ranks', 'mine_hn_cli']
+
+# %% ../nbs/02_negatives.ipynb #c008j
+def sample_archive_queries(small: bool | None = None) -> tuple:
+    "`(passages, queries)`: the sample archive and its bundled queries (01); the first 60 passages when `small` (nbdev-test)."
+    from archivesrag.corpus import load_sample
+    from archivesrag.models import small_run
+    from archivesrag.queries import load_sample_queries
+    corpus = load_sample(verbose=False)
+    if small_run() if small is None else small: corpus = corpus.select(range(60))
+    keep = set(corpus["id"])
+    return corpus, [q for q in load_sample_queries() if q["id"] in keep]
 
 # %% ../nbs/02_negatives.ipynb #c022
 def _key(text: str) -> str:
@@ -250,6 +262,49 @@ def mine_hard_negatives(input_file, output_file, model_name_or_path=None, range_
                **report, "seconds": {"encode": round(t1 - t0, 3), "search": round(t2 - t1, 3), "sample": round(t3 - t2, 3)}}
     _report_mining(summary, report, rules)
     return summary
+
+# %% ../nbs/02_negatives.ipynb #c030x
+MINING_SETTINGS = dict(range_for_sampling="2-200", negative_number=15, relative_margin=0.05)
+"How the course mines: 02's `runs/sample`, 03 when it redoes 02, and the demo's `step_mine` (07)."
+
+SAMPLE_RUN_FILES = ("corpus.jsonl", "queries.jsonl", "split.json", "minedHN.jsonl", "mining.json")
+"What `make_sample_run` writes, `mining.json` (the summary) last."
+
+def mine_training_split(queries_file, output_file, corpus_file, split_file, model_name_or_path=None, seed: int = 42,
+                        cache_dir=None) -> dict:
+    "Mine the training side of `split_file` with `MINING_SETTINGS`; the pool is the corpus without held-out passages."
+    return mine_hard_negatives(queries_file, output_file, model_name_or_path, candidate_pool=corpus_file, seed=seed,
+                               cache_dir=cache_dir, split_file=split_file, **MINING_SETTINGS)
+
+# %% ../nbs/02_negatives.ipynb #c030y
+def make_sample_run(run_dir, corpus=None, queries=None, model_name_or_path=None, seed: int = 42, test_size: float = 0.2,
+                    cache_dir=None) -> dict:
+    "Write `SAMPLE_RUN_FILES` in `run_dir`: the passages, their queries, a split by document and the mined training file."
+    from archivesrag.corpus import save_corpus
+    from archivesrag.core import write_json
+    from archivesrag.models import recipe
+    from archivesrag.splits import save_split, split_by_document
+    if corpus is None or queries is None: corpus, queries = sample_archive_queries()
+    run = Path(run_dir); run.mkdir(parents=True, exist_ok=True)
+    save_corpus(corpus, run / "corpus.jsonl")
+    write_jsonl(queries, run / "queries.jsonl")
+    save_split(split_by_document(corpus, test_size=test_size, seed=seed), run / "split.json")
+    summary = mine_training_split(run / "queries.jsonl", run / "minedHN.jsonl", run / "corpus.jsonl", run / "split.json",
+                                  model_name_or_path or recipe("miner"), seed, cache_dir)
+    write_json({k: v for k, v in summary.items() if k != "seconds"}, run / "mining.json")
+    return summary
+
+def sample_run_ready(run_dir) -> bool:
+    "True when `run_dir` holds a complete run of `make_sample_run` with today's `MINING_SETTINGS`."
+    run = Path(run_dir)
+    if not all((run / f).exists() for f in SAMPLE_RUN_FILES): return False
+    try:
+        from archivesrag.core import read_json
+        done, split, mined = read_json(run / "mining.json", "mining summary"), load_split(run / "split.json"), read_jsonl(run / "minedHN.jsonl")
+    except (InputError, OSError, ValueError): return False
+    same = all(str(done.get(k)) == str(v) for k, v in MINING_SETTINGS.items())
+    train = set(map(str, split["train_ids"]))
+    return same and len(mined) == done.get("written") and all(str(r.get("id")) in train for r in mined)
 
 # %% ../nbs/02_negatives.ipynb #c035
 def plot_mined_scores(records: list[dict], ax=None, bins: int = 30):

@@ -174,11 +174,10 @@ def step_split(run: RunFolder, cfg: DemoConfig) -> dict:
 
 # %% ../nbs/07_pipeline.ipynb #c011e
 def step_mine(run: RunFolder, cfg: DemoConfig) -> dict:
-    "Hard negatives for the training queries (`minedHN.jsonl`), from a pool without held-out passages."
-    from archivesrag.negatives import mine_hard_negatives
-    return {"summary": mine_hard_negatives(run.train_queries, run.mined, model_name_or_path=cfg.miner,
-                                           range_for_sampling="2-200", negative_number=15, candidate_pool=run.corpus,
-                                           seed=cfg.seed, split_file=run.split)}
+    "Hard negatives for the training queries (`minedHN.jsonl`) with 02's `MINING_SETTINGS`, from a pool without held-out passages."
+    from archivesrag.negatives import mine_training_split
+    return {"summary": mine_training_split(run.train_queries, run.mined, run.corpus, run.split,
+                                           model_name_or_path=cfg.miner, seed=cfg.seed)}
 
 # %% ../nbs/07_pipeline.ipynb #c011e_1
 def step_train(run: RunFolder, cfg: DemoConfig) -> dict:
@@ -202,15 +201,14 @@ def step_evaluate(run: RunFolder, cfg: DemoConfig) -> dict:
 
 # %% ../nbs/07_pipeline.ipynb #c011g
 def step_index(run: RunFolder, cfg: DemoConfig) -> dict:
-    """A search index of the corpus with the fine-tuned model, and the fusion weight and text view (own text, or
-    breadcrumb + title + text) that evaluation chose on the validation queries (`index/`)."""
-    from archivesrag.evaluation import tuned_fusion_weight, tuned_text_view
-    from archivesrag.search import SearchIndex
-    weight = tuned_fusion_weight(run.eval / "metrics.json")
-    view, why = tuned_text_view(run.eval / "metrics.json")
-    SearchIndex.build(run.corpus, model_name_or_path=str(run.model), fusion_weight=weight, text_view=view,
-                      text_view_from=why).save(run.index)
-    return {"fusion_weight": weight, "text_view": view}
+    """The search index (`index/`) serving what evaluation chose on the validation queries: model, fusion and weight,
+    text view (`evaluation.build_served_index`); its manifest's `served_from` says why."""
+    from archivesrag.evaluation import build_served_index
+    from archivesrag.search import manifest_text_view
+    m = build_served_index(run.corpus, run.eval / "metrics.json", run.index, verbose=False)  # evaluate said it
+    served = m.get("served_from") or {}
+    return {"system": served.get("system"), "fusion": m.get("fusion"), "fusion_weight": m.get("fusion_weight"),
+            "text_view": manifest_text_view(m), "reading": served.get("reading")}
 
 # %% ../nbs/07_pipeline.ipynb #c011g_1
 def step_answers(run: RunFolder, cfg: DemoConfig) -> dict:
@@ -256,8 +254,9 @@ def _loss_plot(run: Path):
     "Save the training loss curve of the run's model into plots/."
     import matplotlib.pyplot as plt
     from archivesrag.training import plot_loss
-    ax = plot_loss(run / "model")
-    ax.figure.tight_layout(); ax.figure.savefig(run / "plots" / "training_loss.png", dpi=110); plt.close(ax.figure)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    plot_loss(run / "model", ax=ax)
+    fig.tight_layout(); fig.savefig(run / "plots" / "training_loss.png", dpi=110); plt.close(fig)
 
 # %% ../nbs/07_pipeline.ipynb #c015
 def demo_cli(run_dir: str = "runs/demo",  # where the run's files go; a rerun resumes the run in it

@@ -470,7 +470,7 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
             extractive: store_true = False,  # quote the passages' best sentences, whatever the backend (no LLM)
            ) -> int:
     "Answer a question from the archive's passages (RAG): quoted offline, written by the LLM with openai, vllm or --base_url."
-    from archivesrag.search import default_index
+    from archivesrag.search import default_index, served_line
     question = check_question(" ".join(question) if isinstance(question, (list, tuple)) else question)
     if generate and extractive: raise InputError("--generate and --extractive exclude each other: give one, or neither "
                                                  "(extractive offline, generated with --base_url, openai or vllm)")
@@ -489,6 +489,8 @@ def ask_cli(question: Annotated[str, dict(nargs="+")],  # the question (quote it
     if res["error"]:
         hint = "; raise --max_tokens" if res.get("finish_reason") == "length" else ""
         raise InputError(f"the LLM failed: {res['error']}{hint}")
+    if (retrieval or "hybrid") == "hybrid" and index.bm25 is not None:  # what is served and why: a note, on stderr
+        print(served_line(index.manifest), file=sys.stderr)
     print(res["answer"].strip())
     if not res["results"]: print("\nPassages: none found"); return 0
     print("\nPassages:" if res["passages"] else "\nPassages: none above the threshold; closest were:")

@@ -223,8 +223,9 @@ def _save_npy(f: Path, emb: np.ndarray, meta: dict):
     write_atomic(f.with_suffix(".json"), json.dumps(meta))
 
 def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=None, batch_size: int = 64,
-                  prompt: str | None = None, normalize: bool = True, device=None) -> np.ndarray:
-    "Embeddings of `texts` (float32, L2-normalised), read from the on-disk cache or encoded and cached."
+                  prompt: str | None = None, normalize: bool = True, device=None, verbose: bool = False) -> np.ndarray:
+    """Embeddings of `texts` (float32, L2-normalised), read from the on-disk cache or encoded and cached. Encoding is
+    always said (it takes time); a cache hit only with `verbose`, so repeated reads stay quiet."""
     texts, prompt = list(texts), prompt or None
     path = resolve_embedder(model_name_or_path)
     fp, model = model_fingerprint(path), None
@@ -236,7 +237,7 @@ def encode_cached(model_name_or_path: str | None, texts: list[str], cache_dir=No
         try:
             emb = np.load(f)
             if emb.shape[0] == len(texts):
-                print(f"cache hit: {len(texts)} embeddings from {f}")
+                if verbose: print(f"cache hit: {len(texts)} embeddings from {f}")
                 return check_finite(emb.astype(np.float32, copy=False), path)
         except (OSError, ValueError): pass  # truncated or foreign file: encode again
     label = f"{Path(path).parent.name}/{Path(path).name}" if Path(path).exists() else path

@@ -31,7 +31,7 @@ from .archives import AccessPolicy, RecordFilter, visible_mask
 from .core import InputError, _umask, cache_dir, output_lock, read_json, write_json
 from .corpus import corpus_fingerprint, load_passages, sample_path
 from .models import import_faiss, is_offline, load_embedder
-from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, TEXT_VIEW_CHOICES, TEXT_VIEWS,
+from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, FUSIONS, RETRIEVALS, TEXT_FIELDS, TEXT_VIEW_CHOICES, TEXT_VIEWS,
                                    Rankings, Retriever, build_bm25, check_count, check_queries, default_text_view,
                                    encode_cached, model_fingerprint, model_identity, passage_texts, view_fields,
                                    view_name)
@@ -39,9 +39,9 @@ from .retrieval import (BM25, DEFAULT_FUSION_WEIGHT, RETRIEVALS, TEXT_FIELDS, TE
 # %% auto #0
 __all__ = ['DEFAULT_RETRIEVAL', 'MANIFEST', 'INDEX_FORMAT', 'INDEX_PARTS', 'LOAD_TRIES', 'find_finetuned_model', 'SearchIndex',
            'check_index_factory', 'manifest_text_view', 'access_counts', 'index_checksums', 'check_index_dir',
-           'rebuild_hint', 'read_manifest', 'set_text_view', 'set_fusion_weight', 'compare_index_types',
-           'plot_score_distributions', 'default_index', 'search', 'format_results', 'left_out_line', 'json_lines',
-           'search_cli']
+           'rebuild_hint', 'read_manifest', 'set_served', 'set_text_view', 'set_fusion_weight', 'served_line',
+           'compare_index_types', 'plot_score_distributions', 'default_index', 'search', 'format_results',
+           'left_out_line', 'json_lines', 'search_cli']
 
 # %% ../nbs/05_search.ipynb #c010
 DEFAULT_RETRIEVAL = "hybrid"  # at least as good as dense alone on held-out queries (04_evaluation, issue 9)
@@ -74,7 +74,7 @@ class SearchIndex:
     def __repr__(self):
         m = self.manifest
         return (f"SearchIndex({len(self)} passages, model={m['model']}, faiss={m['index_factory']}, dims={m['dims']}, "
-                f"bm25={'yes' if self.bm25 is not None else 'no'}, fusion weight={m['fusion_weight']}, "
+                f"bm25={'yes' if self.bm25 is not None else 'no'}, fusion={m.get('fusion', 'wsum')}, fusion weight={m['fusion_weight']}, "
                 f"text view={self.text_view})")
 
     @property
@@ -168,12 +168,14 @@ def _text_view(ds, text_fields, text_view, text_view_from) -> tuple[list, str | 
 def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index_factory: str = "Flat",
           text_fields=TEXT_FIELDS, batch_size: int = 64, use_gpu: bool | None = None, bm25: bool = True,
           fusion_weight: float | None = None, query_prompt: str | None = None, cache_dir=None,
-          text_view: str | None = None, text_view_from=None) -> SearchIndex:
+          text_view: str | None = None, text_view_from=None, fusion: str = "wsum", served_from: dict | None = None) -> SearchIndex:
     """Embed `corpus` read in `text_view` (`own`: title + text; `breadcrumb`: ancestors' titles first; `auto`/None:
     `own` until chosen on held-out queries) — cached — and index it with faiss (+ BM25). The manifest records the
-    model by absolute path, the view and `text_view_from` (why: the queries it was chosen on, or a reason)."""
+    model by absolute path, the view and `text_view_from` (why: the queries it was chosen on, or a reason), and the
+    fusion `search` serves (`wsum` at `fusion_weight`, or `rrf`) with `served_from` (how evaluation chose it)."""
     fusion_weight = DEFAULT_FUSION_WEIGHT if fusion_weight is None else float(fusion_weight)
     if not 0 <= fusion_weight <= 1: raise InputError(f"the fusion weight must be between 0 and 1, got {fusion_weight}")
+    if fusion not in FUSIONS: raise InputError(f"unknown fusion method '{fusion}' (use {' or '.join(FUSIONS)})")
     ds = load_passages(corpus)
     fields, view, why = _text_view(ds, text_fields, text_view, text_view_from)
     texts = passage_texts(ds, fields)
@@ -187,7 +189,7 @@ def build(cls: SearchIndex, corpus, model_name_or_path: str | None = None, index
                     metric="inner_product", normalized=True, dims=int(emb.shape[1]), passages=len(ds),
                     corpus_fingerprint=corpus_fingerprint(ds["text"]), corpus_file=_corpus_file(corpus),
                     text_fields=fields, text_view=view, text_view_from=why, texts_fingerprint=corpus_fingerprint(texts),
-                    bm25=bool(bm25), fusion="wsum", fusion_weight=fusion_weight,
+                    bm25=bool(bm25), fusion=fusion, fusion_weight=fusion_weight, served_from=served_from,
                     query_prompt=query_prompt or None, access=access_counts(ds),
                     created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     index = cls(ds, manifest, bm25=build_bm25(texts) if bm25 else None)
@@ -484,44 +486,70 @@ def _load_parts(cls: SearchIndex, folder: Path, m: dict, model_name_or_path: str
     return index
 
 # %% ../nbs/05_search.ipynb #c017s
-def set_text_view(index_dir: str | Path, text_view: str, text_view_from=None, verbose: bool = True) -> dict:
-    """Make the index in `index_dir` read its passages in `text_view`, and record why (`text_view_from`): if it already
-    does, only its manifest changes; else it is rebuilt from its corpus file — same model, faiss factory, BM25,
-    fusion weight — and swapped in whole. Returns the new manifest."""
+def set_served(index_dir: str | Path, model=None, fusion: str | None = None, fusion_weight: float | None = None,
+               served_from: dict | None = None, text_view: str | None = None, text_view_from=None,
+               fusion_weight_from: dict | None = None, verbose: bool = True) -> dict:
+    """Make the index in `index_dir` serve `model` with `fusion` (`wsum` at `fusion_weight`, or `rrf`) in `text_view`,
+    and record why (`served_from`, `text_view_from`); None keeps what the index has. When the model and the view are
+    the index's own, only its manifest changes; else it is rebuilt from its corpus file (same faiss factory, BM25,
+    query prompt) and swapped in whole, saying so. Returns the new manifest."""
     folder = Path(index_dir)
-    if text_view not in TEXT_VIEWS: raise InputError(f"unknown text view '{text_view}' (use {' or '.join(TEXT_VIEWS)})")
+    if text_view is not None and text_view not in TEXT_VIEWS:
+        raise InputError(f"unknown text view '{text_view}' (use {' or '.join(TEXT_VIEWS)})")
+    if fusion is not None and fusion not in FUSIONS: raise InputError(f"unknown fusion method '{fusion}' (use {' or '.join(FUSIONS)})")
+    if fusion_weight is not None and not 0 <= fusion_weight <= 1:
+        raise InputError(f"the fusion weight must be between 0 and 1, got {fusion_weight}")
     with _index_lock(folder) as absolute:
         m = read_manifest(folder)
-        now = manifest_text_view(m)
-        if now == text_view:
-            m = {**m, "text_view": text_view, "text_view_from": text_view_from}
+        now_view, view = manifest_text_view(m), text_view or manifest_text_view(m)
+        want = m["model"] if model is None else model_identity(model)[0]
+        served = {"fusion": fusion or m.get("fusion", "wsum"),
+                  "fusion_weight": float(m["fusion_weight"] if fusion_weight is None else fusion_weight)}
+        if served_from is not None: served["served_from"] = served_from
+        if fusion_weight_from is not None: served["fusion_weight_from"] = fusion_weight_from
+        if text_view is not None: served.update(text_view=view, text_view_from=text_view_from)
+        if os.path.normpath(want) == os.path.normpath(m["model"]) and view == now_view:
+            m = {**m, **served}
             write_json(m, folder / MANIFEST)
             return m
         corpus = m.get("corpus_file")
+        change = " and ".join(x for x in (f"the model {want} (was {m['model']})" if want != m["model"] else "",
+                                           f"the text view '{view}' (was '{now_view}')" if view != now_view else "") if x)
         if not corpus or not Path(corpus).exists():
-            raise InputError(f"{folder}: its passages read as '{now}' and '{text_view}' was chosen, but its corpus file "
-                             f"({corpus or 'not recorded'}) is not there to rebuild it from; rebuild it with "
-                             f"`archivesrag search --index_dir NEW_FOLDER --corpus_file CORPUS --text_view {text_view} \"a query\"`")
-        new = SearchIndex.build(corpus, model_name_or_path=m["model"], index_factory=m["index_factory"], bm25=m["bm25"],
-                                fusion_weight=m["fusion_weight"], query_prompt=m.get("query_prompt"),
-                                text_view=text_view, text_view_from=text_view_from, use_gpu=m.get("use_gpu"))
+            raise InputError(f"{folder}: {change} was chosen, but its corpus file ({corpus or 'not recorded'}) is not "
+                             f"there to rebuild it from; build it anew with `archivesrag search --index_dir NEW_FOLDER "
+                             f"--corpus_file CORPUS --model_name_or_path {want} --text_view {view} \"a query\"`")
+        new = SearchIndex.build(corpus, model_name_or_path=want, index_factory=m["index_factory"], bm25=m["bm25"],
+                                query_prompt=m.get("query_prompt"), text_view=view,
+                                text_view_from=text_view_from if text_view is not None else m.get("text_view_from"),
+                                use_gpu=m.get("use_gpu"), **{k: served[k] for k in ("fusion", "fusion_weight")})
         if new.manifest["corpus_fingerprint"] != m.get("corpus_fingerprint"):
-            raise InputError(f"{folder}: {corpus} has changed since the index was built, so it cannot be rebuilt to read "
-                             f"'{text_view}' as the same index; build it anew with --text_view {text_view}")
-        new.manifest.update({k: m[k] for k in ("fusion_weight_from",) if k in m})
-        if verbose: print(f"{folder}: rebuilt to read its passages as '{text_view}' (was '{now}')")
+            raise InputError(f"{folder}: {corpus} has changed since the index was built, so it cannot be rebuilt with "
+                             f"{change} as the same index; build it anew in another --index_dir")
+        new.manifest.update({k: m[k] for k in ("fusion_weight_from", "served_from") if k in m})
+        new.manifest.update({k: v for k, v in served.items() if k in ("fusion_weight_from", "served_from")})
+        if verbose: print(f"{folder}: rebuilt from {corpus} to serve {change}")
         new._swap_in(absolute)
     return new.manifest
 
+def set_text_view(index_dir: str | Path, text_view: str, text_view_from=None, verbose: bool = True) -> dict:
+    "Make the index in `index_dir` read its passages in `text_view` (rebuilt if it reads the other), recording why."
+    if text_view not in TEXT_VIEWS: raise InputError(f"unknown text view '{text_view}' (use {' or '.join(TEXT_VIEWS)})")
+    return set_served(index_dir, text_view=text_view, text_view_from=text_view_from, verbose=verbose)
+
 # %% ../nbs/05_search.ipynb #c017s_fw
 def set_fusion_weight(index_dir: str | Path, weight: float, fusion_weight_from: dict | None = None) -> dict:
-    "Record in the index's manifest the fusion weight `search` and `ask` serve, and where it was chosen; returns the manifest."
-    folder = Path(index_dir)
-    if not 0 <= weight <= 1: raise InputError(f"the fusion weight must be between 0 and 1, got {weight}")
-    with _index_lock(folder):
-        m = {**read_manifest(folder), "fusion_weight": float(weight), "fusion_weight_from": fusion_weight_from}
-        write_json(m, folder / MANIFEST)
-    return m
+    "Record in the index's manifest the `wsum` fusion weight `search` and `ask` serve, and where it was chosen."
+    return set_served(index_dir, fusion_weight=weight, fusion_weight_from=fusion_weight_from or {}, verbose=False)
+
+def served_line(m: dict) -> str:
+    "One line saying what an index serves (from its manifest): the evaluation's reading, or the fusion it was built with."
+    if (why := (m.get("served_from") or {}).get("reading")): return f"serving {why}"
+    fusion = "RRF" if m.get("fusion") == "rrf" else f"weighted sum, dense weight {m['fusion_weight']:g}"
+    model = Path(m["model"]) if Path(m["model"]).is_absolute() else None
+    name = (model.parent.name + "/" + model.name if model.name == "model" else model.name) if model else m["model"]
+    return (f"serving {name} + BM25 ({fusion}), text view {manifest_text_view(m)}: not chosen on "
+            "held-out queries (`archivesrag evaluate --index_dir` chooses)")
 
 # %% ../nbs/05_search.ipynb #c022
 def compare_index_types(embeddings: np.ndarray, queries: np.ndarray, factories=("Flat", "IVF16,Flat", "HNSW32"),
@@ -706,6 +734,8 @@ def search_cli(query: Annotated[list, {"opt": False, "nargs": "+", "type": str}]
         raise InputError(f"--text_view must be one of {', '.join(TEXT_VIEW_CHOICES)}, not '{text_view}'")
     with redirect_stdout(sys.stderr if json else sys.stdout):  # --json: stdout is JSON Lines, building notes go to stderr
         index = default_index(corpus_file, model_name_or_path, index_dir, index_factory, text_view=text_view)
+    if retrieval == "hybrid" and index.bm25 is not None:  # what is served and how it was chosen: a note, on stderr
+        print(served_line(index.manifest), file=sys.stderr)
     results = index.search(text, k=k, retrieval=retrieval, policy=policy, filters=filters)
     if note := left_out_line(policy, index.visible(policy, filters)[1]): print(note, file=sys.stderr if json else sys.stdout)
     if not results:  # only BM25 can find nothing (dense always ranks every passage); --json keeps stdout JSON Lines

@@ -28,8 +28,8 @@ __all__ = ['FE_MODULE', 'RECIPE_FLAG_RENAMES', 'RECIPE_FLAGS', 'OUR_FLAGS', 'ABO
            'SECRET_FLAG', 'TrainArgs', 'recipe_defaults', 'recipe_flag_table', 'ds_config_path', 'base_pooling',
            'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
            'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
-           'check_train_args', 'torchrun_command', 'check_passthrough', 'refuse_nonfinite', 'mask_secrets',
-           'served_length', 'train_args', 'train', 'train_parser', 'train_cli']
+           'check_train_args', 'torchrun_command', 'check_passthrough', 'log_line', 'quiet_trainer', 'refuse_nonfinite',
+           'mask_secrets', 'served_length', 'train_args', 'train', 'train_parser', 'train_cli']
 
 # %% ../nbs/03_training.ipynb #c012
 FE_MODULE = "FlagEmbedding.finetune.embedder.encoder_only.base"
@@ -473,6 +473,28 @@ def check_passthrough(training_args) -> None:
         raise InputError(f"--gradient_accumulation_steps must be at least 1, got {training_args.gradient_accumulation_steps}")
     if not 0 <= training_args.seed < 2**32: raise InputError(f"--seed must be between 0 and 2**32 - 1 (numpy's range), got {training_args.seed}")
 
+# %% ../nbs/03_training.ipynb #c032_q1
+def log_line(logs: dict, step: int, max_steps: int) -> str:
+    "One logged step as a reader wants it: step, loss to 3 decimals, learning rate in 1e-5 form."
+    lr = f"  lr {logs['learning_rate']:.1e}" if "learning_rate" in logs else ""
+    return f"step {step}/{max_steps}  loss {logs['loss']:.3f}{lr}"
+
+def quiet_trainer(trainer, max_lines: int = 10):
+    "Replace the Trainer's printing of raw log dicts by about `max_lines` `log_line`s; the progress bar, if any, stays."
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs: return
+        every = max(1, math.ceil(state.max_steps / max(1, args.logging_steps) / max_lines))
+        n = state.global_step // max(1, args.logging_steps)
+        if n == 1 or n % every == 0 or state.global_step == state.max_steps:
+            bar = getattr(self, "training_bar", None)
+            (bar.write if bar is not None else print)(log_line(logs, state.global_step, state.max_steps))
+    had_bar = any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks)
+    for cb in (PrinterCallback, ProgressCallback): trainer.remove_callback(cb)
+    compact = type("CompactProgress", (ProgressCallback if had_bar else TrainerCallback,), {"on_log": on_log})
+    trainer.add_callback(compact())
+    return trainer
+
 # %% ../nbs/03_training.ipynb #c032_2
 def refuse_nonfinite(model, output_dir, old_checkpoints=()) -> None:
     "An InputError when training left NaN or infinite weights (a diverged run can log a loss that looks fine)."
@@ -495,11 +517,13 @@ def _run_in_process(fe_argv: list[str]) -> dict:
     try: model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=fe_argv, look_for_args_file=False)
     except ValueError as e: raise InputError(f"FlagEmbedding refused the arguments: {e}") from None
     check_passthrough(training_args)
-    root = logging.getLogger()
-    saved = root.level, list(root.handlers)
-    logging.getLogger("FlagEmbedding").setLevel(logging.WARNING)  # its runner dumps every argument at INFO
+    root, fe_log = logging.getLogger(), logging.getLogger("FlagEmbedding")
+    saved = root.level, list(root.handlers), fe_log.level
+    fe_log.setLevel(logging.ERROR)  # its runner logs every argument at INFO and a "Process rank" line at WARNING
     try:
         runner = fe.EncoderOnlyEmbedderRunner(model_args=model_args, data_args=data_args, training_args=training_args)
+        root.setLevel(logging.WARNING)  # the runner's basicConfig(INFO) would let every library's INFO lines through
+        quiet_trainer(runner.trainer)
         if training_args.resume_from_checkpoint and not training_args.deepspeed:
             # FlagEmbedding checkpoints hold the bare transformer, but the Trainer would load them into FlagEmbedding's
             # wrapper (keys `model.*`): every weight "missing", then an AttributeError. Load them where they belong;
@@ -513,7 +537,7 @@ def _run_in_process(fe_argv: list[str]) -> dict:
         runner.trainer.save_state()           # trainer_state.json: the log history the card and plot read
         runner.trainer.save_metrics("train", result.metrics)
     finally:
-        root.setLevel(saved[0]); root.handlers[:] = saved[1]   # FlagEmbedding's basicConfig(INFO) stays inside
+        root.setLevel(saved[0]); root.handlers[:] = saved[1]; fe_log.setLevel(saved[2])  # its basicConfig stays inside
     return result.metrics
 
 # %% ../nbs/03_training.ipynb #c033
@@ -601,7 +625,7 @@ def _finish(args: TrainArgs, base: str, pooling: str, report: dict, card_args: d
     if s.get("logged"):
         print(f"trained {s['steps']} steps: loss {s['first_loss']:.3f} -> {s['last_loss']:.3f}"
               + (f", {metrics['train_samples_per_second']:.2f} samples/s" if "train_samples_per_second" in metrics else "")
-              + f"; saved to {out}")
+              + f"; saved to {out} (every logged loss in trainer_state.json)")
 
 # %% ../nbs/03_training.ipynb #c033c
 def train_args(train_data, output_dir, model_name_or_path: str | None = None, **options) -> tuple[TrainArgs, dict]:

@@ -269,3 +269,58 @@ def test_cli_bad_split_is_one_line_exit_2(tmp_path):
     p = run_cli("evaluate", "--split_file", tmp_path / "split.json", "--output_dir", tmp_path / "out")
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().count("\n") == 0 and "on two sides" in p.stderr and "split.json" in p.stderr
+
+
+def test_evaluate_chooses_what_to_serve_and_the_index_serves_it(corpus, tmp_path):
+    # A pipeline run's files on a 40-passage slice, a split with a validation part, an index built with the base
+    # model; a "fine-tuned" copy of MiniLM (same weights, another folder) is evaluated beside it.
+    from archivesrag.core import write_jsonl
+    from archivesrag.corpus import save_corpus
+    from archivesrag.evaluation import build_served_index, served_choice
+    from archivesrag.retrieval import model_identity
+    from archivesrag.search import SearchIndex, read_manifest
+    part = corpus.select(range(40))
+    save_corpus(part, tmp_path / "corpus.jsonl")
+    records = select_queries(list(load_sample_queries()), part["id"])
+    write_jsonl(records, tmp_path / "queries.jsonl")
+    split = save_split(split_by_document(part, test_size=0.3, val_size=0.3, seed=1), tmp_path / "split.json")
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in bundled_embedder_path().iterdir():
+        (model / f.name).symlink_to(f)
+    SearchIndex.build(tmp_path / "corpus.jsonl", model_name_or_path="minilm").save(tmp_path / "index")
+    res = evaluate(model_name_or_path=str(model), base_model="minilm", corpus_file=tmp_path / "corpus.jsonl",
+                   queries_file=tmp_path / "queries.jsonl", split_file=split, output_dir=tmp_path / "eval",
+                   plots=False, verbose=False, index_dir=tmp_path / "index")
+    s, val = res["served"], res["validation"]
+    # chosen on the validation queries among the four fused rows: the best nDCG@10 there, a tie keeps the old default
+    assert set(val["systems"]) == {"base+BM25", "base+BM25 RRF", "fine-tuned+BM25", "fine-tuned+BM25 RRF"}
+    best = max(val["systems"].values())
+    assert val["systems"][s["system"]] == best and s["served_from"]["scores"] == val["systems"]
+    if val["systems"]["fine-tuned+BM25"] == best: assert s["system"] == "fine-tuned+BM25"
+    assert s["fusion"] == ("rrf" if s["system"].endswith("RRF") else "wsum")
+    assert s["fusion_weight"] == res["fusion_weight"][s["model_system"]]
+    ci = s["served_from"]["runner_up"]
+    assert s["served_from"]["within_noise"] == (ci["low"] <= 0 <= ci["high"])
+    assert s["served_from"]["label"] in s["served_from"]["reading"] and "validation queries" in s["served_from"]["reading"]
+    assert served_choice(tmp_path / "eval" / "metrics.json") == s
+    # the index now serves it: rebuilt with the chosen model when that was not its own, the choice in its manifest
+    m = read_manifest(tmp_path / "index")
+    assert m["model"] == model_identity(s["model"])[0] and m["fusion"] == s["fusion"] and m["fusion_weight"] == s["fusion_weight"]
+    assert m["served_from"]["reading"] == s["served_from"]["reading"] and "serving" in res["index_note"]
+    if model_identity(s["model"])[0] != model_identity("minilm")[0]: assert "rebuilt" in res["index_note"]
+    # and ranks as the chosen row was scored: search's hybrid ranking is the evaluated run of that system
+    from archivesrag.archives import AccessPolicy
+    queries, qrels, _ = queries_from_records(records[:8], part)  # every passage, as the index holds them
+    runs = evaluate_systems(part, queries, qrels, {"BM25": "bm25", s["model_system"]: s["model"]}, k=10,
+                            fusion_weight=s["fusion_weight"], text_fields=res["text_view"], return_runs=True)["runs"]
+    index = SearchIndex.load(tmp_path / "index")
+    for q, hits in zip(queries, index.search(list(queries.values()), k=10, policy=AccessPolicy("full"))):
+        assert [h["id"] for h in hits] == list(runs[s["system"]][q]), q
+    # build_served_index makes the same index from the metrics file; `search` says what it serves
+    built = build_served_index(tmp_path / "corpus.jsonl", tmp_path / "eval" / "metrics.json", tmp_path / "served", verbose=False)
+    assert {k: built[k] for k in ("model", "fusion", "fusion_weight", "text_view")} == {k: m[k] for k in ("model", "fusion", "fusion_weight", "text_view")}
+    assert built["served_from"]["reading"] == s["served_from"]["reading"]
+    r = run_cli("search", records[0]["query"], "--k", "2", "--index_dir", tmp_path / "served", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "serving " + s["served_from"]["reading"] in r.stderr.splitlines() and r.stdout.startswith("1. ARC-")

@@ -89,3 +89,12 @@ def test_embedder_loads_and_embeds():
     e = model.encode(["retention schedule", "disposition authority"], normalize_embeddings=True)
     assert e.shape == (2, 384)
     assert get_device() in {"cpu", "cuda", "mps"}
+
+
+def test_a_bare_model_folder_gets_a_note_and_a_sentence_transformers_folder_none(tmp_path):
+    "A folder without modules.json is pooled by mean by sentence-transformers, said only at INFO level: we say it."
+    from archivesrag.models import bare_folder_note
+    (tmp_path / "config.json").write_text("{}")
+    assert "no modules.json" in bare_folder_note(str(tmp_path)) and "pools it by mean" in bare_folder_note(str(tmp_path))
+    assert bare_folder_note(str(bundled_embedder_path())) is None
+    assert bare_folder_note("sentence-transformers/all-MiniLM-L6-v2") is None  # a Hub id, not a folder

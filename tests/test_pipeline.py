@@ -44,6 +44,8 @@ def test_reduced_demo_runs_every_step_then_resumes(tmp_path):
     assert {"BM25", "base", "fine-tuned"} <= set(metrics)
     report = (run / "report.md").read_text()
     assert "| fine-tuned |" in report and "![" in report and "Best on nDCG@10" in report
+    served = json.loads((run / "index" / "manifest.json").read_text())["served_from"]  # what evaluation chose, said
+    assert served["system"] == state["index"]["result"]["system"] and "## What is served" in report
     for line in report.splitlines():
         if line.startswith("!["):
             assert (run / line.split("](")[1].rstrip(")")).exists()
@@ -124,6 +126,17 @@ def test_report_reads_its_table_and_writes_no_empty_heading(tmp_path):
     assert "Best on nDCG@10: fine-tuned" in report
     assert "fine-tuned − base, nDCG@10: +0.1" in report and "95% paired bootstrap interval" in report
     assert "With n = 31" in report
+
+
+@pytest.mark.fast
+def test_report_says_what_the_index_serves_and_why(tmp_path):
+    run = _finished_run(tmp_path / "run")
+    (run / "index").mkdir()
+    reading = "fine-tuned + BM25 (RRF), chosen on 30 validation queries (corpus): nDCG@10 0.850"
+    (run / "index" / "manifest.json").write_text(json.dumps({"model": "/m/model", "fusion": "rrf", "fusion_weight": 0.5,
+                                                             "served_from": {"system": "fine-tuned+BM25 RRF", "reading": reading}}))
+    report = write_report(run).read_text()
+    assert "## What is served" in report and reading in report
 
 
 @pytest.mark.fast

@@ -180,8 +180,11 @@ def test_cli_accepts_seed_command_line(mined, tmp_path, capsys):
     # the seed's line as written, then overrides that keep it to one tiny CPU step (later flags win)
     rc = main(["train", *argv, "--per_device_train_batch_size", "4", "--query_max_len", "16",
                "--passage_max_len", "32", "--max_steps", "1", "--logging_steps", "1"])
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert rc == 0
+    assert "step 1/1  loss " in text and "'learning_rate'" not in text  # compact lines, no raw Trainer dicts
+    assert " - INFO - " not in captured.out + captured.err and "Process rank" not in captured.out + captured.err
     assert "--normlized -> --normalize_embeddings" in text
     assert "offline: using the bundled all-MiniLM-L6-v2 instead of mixedbread-ai/mxbai-embed-large-v1" in text
     assert "--fp16 dropped" in text and "--negatives_cross_device dropped" in text
@@ -318,3 +321,11 @@ def test_secrets_never_reach_the_printed_command(mined, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "hf_SECRET123" not in out and "--hub_token '***'" in out
     assert T.mask_secrets(["--api_key=sk-1", "--seed", "7"]) == ["--api_key=***", "--seed", "7"]
+
+
+@pytest.mark.fast
+def test_trainer_logs_are_compact_lines():
+    "quiet_trainer's lines: step, loss to 3 decimals, lr in 1e-5 form; never a raw dict with an 18-digit rate."
+    from archivesrag.training import log_line
+    line = log_line({"loss": 0.59054, "grad_norm": 11.909018516540527, "learning_rate": 2.7857142857142858e-05}, 2, 14)
+    assert line == "step 2/14  loss 0.591  lr 2.8e-05"
