@@ -50,12 +50,10 @@ def demo_settings(full: bool = False) -> dict:
                     miner=recipe("miner"), base=recipe("base_embedder"), fp16=True,  # the recipe passes --fp16
                     **recipe_defaults("learning_rate", "num_train_epochs", "per_device_train_batch_size",
                                       "passage_max_len", "temperature"))
-    # MiniLM is small: the original recipe recommends 3e-5 for small models. On a CPU, attention over 256 tokens costs
-    # about three times 128, so training reads the first 128 tokens of each passage (search still embeds whole
-    # passages). The temperature is MiniLM's own (it was trained at scale 20, tau 0.05); the recipe's 0.02 is bge's.
+    from archivesrag.training import OFFLINE_TRAINING  # MiniLM on a CPU: the settings 03 trains with, and why
     return dict(llm_backend="local", llm_model=None, rag_backend="local", rag_model=None, miner="minilm",
-                base="minilm", learning_rate=3e-5, num_train_epochs=2, per_device_train_batch_size=16, fp16=False,
-                passage_max_len=128, temperature=0.05)
+                base="minilm", **{k: OFFLINE_TRAINING[k] for k in ("learning_rate", "num_train_epochs", "fp16",
+                "per_device_train_batch_size", "passage_max_len", "temperature")})
 
 # %% ../nbs/07_pipeline.ipynb #c010c
 @dataclass

@@ -25,8 +25,8 @@ from .models import hub_name, is_offline, resolve_embedder
 
 # %% auto #0
 __all__ = ['FE_MODULE', 'RECIPE_FLAG_RENAMES', 'RECIPE_FLAGS', 'OUR_FLAGS', 'ABOVE_ZERO', 'AT_LEAST_ONE', 'SHIPPED_DS',
-           'SECRET_FLAG', 'TrainArgs', 'recipe_defaults', 'recipe_flag_table', 'ds_config_path', 'base_pooling',
-           'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
+           'SECRET_FLAG', 'OFFLINE_TRAINING', 'TrainArgs', 'recipe_defaults', 'recipe_flag_table', 'ds_config_path',
+           'base_pooling', 'write_sentence_transformers_files', 'st_pooling_mode', 'prepare_train_data', 'count_steps',
            'load_log_history', 'loss_summary', 'plot_loss', 'write_model_card', 'update_model_card_metrics',
            'check_train_args', 'torchrun_command', 'check_passthrough', 'log_line', 'quiet_trainer', 'refuse_nonfinite',
            'mask_secrets', 'served_length', 'train_args', 'train', 'train_parser', 'train_cli']
@@ -684,6 +684,13 @@ def train(train_data, output_dir, model_name_or_path: str | None = None, extra_a
                          extra_args=" ".join(mask_secrets(extra_args)) or None)
         _finish(args, base, pooling, report, card_args, metrics)
     return Path(args.output_dir)
+
+# %% ../nbs/03_training.ipynb #c036e
+OFFLINE_TRAINING = dict(learning_rate=3e-5, num_train_epochs=2, per_device_train_batch_size=16, temperature=0.05,
+                        query_max_len=64, passage_max_len=128, train_group_size=2, fp16=False)
+"""The offline recipe's training settings (MiniLM on a CPU), for 03 and the demo alike: 3e-5, the recipe's advice for
+small models; MiniLM's own temperature (trained at scale 20, tau 0.05; the recipe's 0.02 is bge's); the first 128
+tokens of each passage, since attention over 256 costs about three times as much on a CPU (search embeds whole passages)."""
 
 # %% ../nbs/03_training.ipynb #c049
 def train_parser():

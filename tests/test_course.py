@@ -58,3 +58,11 @@ def test_core_path_fits_and_the_index_says_how_long():
     assert stated, "index.ipynb must say how long the core path is ('about N words of prose')"
     said = int(stated.group(1).replace(",", ""))
     assert abs(said - words) <= 500, f"index.ipynb says about {said:,} words; the core path has {words:,}"
+
+
+@pytest.mark.fast
+def test_readme_results_are_what_the_runs_left():
+    "README's result blocks are printed by the package from bench/results/ (tools/readme_results.py), never typed."
+    from readme_results import README, blocks, with_blocks
+    text = README.read_text()
+    assert with_blocks(text, blocks()) == text, "README.md's results differ from bench/results/: run tools/readme_results.py"
